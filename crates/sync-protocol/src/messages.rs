@@ -1,0 +1,176 @@
+use serde::{Deserialize, Serialize};
+use sync_hlc::{Hlc, NodeId, Watermarks};
+
+/// The protocol version this crate speaks, sent as the `protocolVersion` extension.
+/// A TypeScript peer sends none (version 0) and ignores ours.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The column values of an app row, in wire order.
+pub type RowValues = serde_json::Map<String, serde_json::Value>;
+
+/// A shared record: owned by no app, file-backed, carried by the Drive channel.
+///
+/// Its version (for last-write-wins) is `updated_at`; its origin node is `updated_at`'s node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedRecord {
+    /// Record id (a ULID in production).
+    pub id: String,
+    /// Always `"data"` today.
+    pub kind: String,
+    /// The record type, e.g. `image/jpeg`.
+    #[serde(rename = "type")]
+    pub record_type: String,
+    /// When the record was created.
+    pub created_at: Hlc,
+    /// The version: when the record was last written (a soft delete sets it too).
+    pub updated_at: Hlc,
+    /// Set when the record is a tombstone.
+    pub deleted_at: Option<Hlc>,
+    /// Application-level version number.
+    pub version: u64,
+    /// SHA-256 of the blob (64 lower-case hex digits, or `sha256:<hex>`), or an opaque hash.
+    pub content_hash: String,
+    /// Where the blob lives in object storage; empty for a metadata-only record.
+    pub object_storage_key: String,
+    /// MIME type of the blob.
+    pub mime_type: Option<String>,
+    /// Size of the blob in bytes.
+    pub size_bytes: u64,
+    /// The file name it was imported from.
+    pub original_filename: Option<String>,
+    /// The app that created it.
+    pub origin_app_id: String,
+    /// Parent record, if any.
+    pub parent_id: Option<String>,
+    /// A display label.
+    pub label: Option<String>,
+}
+
+impl SharedRecord {
+    /// The record's version.
+    pub fn hlc(&self) -> &Hlc {
+        &self.updated_at
+    }
+
+    /// The node that wrote this version.
+    pub fn origin(&self) -> &NodeId {
+        self.updated_at.node_id()
+    }
+
+    /// Whether this version is a soft delete.
+    pub fn is_tombstone(&self) -> bool {
+        self.deleted_at.is_some()
+    }
+}
+
+/// What an app row change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowOp {
+    /// Insert (or upsert) the row.
+    Insert,
+    /// Update the row.
+    Update,
+    /// Soft-delete the row (a tombstone).
+    Delete,
+}
+
+/// A row of one app's table, as a snapshot at `timestamp`. Carried by that app's channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRow {
+    /// The version: when the row was written; its node is the origin node.
+    pub timestamp: Hlc,
+    /// The owning app.
+    pub app_id: String,
+    /// The table within the app.
+    pub table: String,
+    /// What the change does.
+    pub op: RowOp,
+    /// The column values (absent for a delete that only names its key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<RowValues>,
+    /// The primary key of the row a delete or update targets.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub where_: Option<RowValues>,
+}
+
+impl AppRow {
+    /// The row's version.
+    pub fn hlc(&self) -> &Hlc {
+        &self.timestamp
+    }
+
+    /// The node that wrote this version.
+    pub fn origin(&self) -> &NodeId {
+        self.timestamp.node_id()
+    }
+
+    /// Whether this version is a soft delete: a `delete` op, or a non-null `deleted_at`.
+    pub fn is_tombstone(&self) -> bool {
+        self.op == RowOp::Delete
+            || self
+                .row
+                .as_ref()
+                .and_then(|r| r.get("deleted_at"))
+                .is_some_and(|v| !v.is_null())
+    }
+}
+
+/// `POST {base}/sync/exchange` request body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExchangeRequest {
+    /// The requester's coverage per origin node (including its own authorship), so the
+    /// responder sends only what it lacks. Missing means `{}`.
+    #[serde(default)]
+    pub watermarks: Watermarks,
+    /// Shared records the requester ships (Drive channel only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<SharedRecord>,
+    /// App rows the requester ships (app channels only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_syncable_rows: Vec<AppRow>,
+    /// Most items the responder may return.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Extension: the requester's protocol version (absent from TypeScript peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+}
+
+/// A refused inbound item, reported back to the requester (extension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    /// The refused item's version (its node is the halted origin node).
+    pub at: Hlc,
+    /// Why, with a hint to fix it.
+    pub reason: String,
+}
+
+/// `POST {base}/sync/exchange` response body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExchangeResponse {
+    /// Shared records the requester has not covered.
+    #[serde(default)]
+    pub records: Vec<SharedRecord>,
+    /// App rows the requester has not covered.
+    #[serde(default)]
+    pub app_syncable_rows: Vec<AppRow>,
+    /// The responder's coverage over the whole channel after applying the request.
+    pub responder_watermarks: Watermarks,
+    /// Whether the responder holds more for the requester than this page.
+    pub has_more: bool,
+    /// Extension: origin nodes the responder halted for this request (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub halted_authors: Vec<NodeId>,
+    /// Extension: why each halted node was halted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<Refusal>,
+    /// Extension: the responder's protocol version (absent from TypeScript peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+}
