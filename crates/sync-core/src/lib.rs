@@ -1,0 +1,32 @@
+#![doc = include_str!("../README.md")]
+
+mod channel;
+mod error;
+mod item;
+mod local;
+mod namespace;
+mod ports;
+mod prefix;
+mod responder;
+mod round;
+mod select;
+
+pub use channel::{valid_app_id, Channel};
+pub use error::{BlobError, BoxError, Error, ExchangeError, ItemProblem, StoreError};
+pub use item::{BlobManifest, Item, ItemKey, Residency};
+pub use local::ChannelData;
+pub use namespace::{row_key, AppNamespace, MissingKey, NamespaceError, TableSpec};
+pub use ports::{
+    Applied, AppRowStore, BlobStore, BlobTransfer, ChannelState, ExchangeTransport, RecordStore,
+    SyncStateStore, TimeSource, Transferred,
+};
+pub use prefix::PrefixLedger;
+pub use responder::{Responder, ResponderConfig, ResponderParts};
+pub use round::{
+    Direction, ItemFailure, Requester, RequesterParts, RoundConfig, RoundReport, SharedClock,
+    SyncSummary,
+};
+pub use select::{CutOrder, PageSelector, ScanRequest, SelectStep, Selection, Stream};
+
+pub use sync_hlc as hlc;
+pub use sync_protocol as protocol;

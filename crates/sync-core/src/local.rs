@@ -1,0 +1,358 @@
+//! One side's data on one channel: the streams it carries, their coverage, the page cut
+//! over them, and last-write-wins apply. Shared by the requester and the responder.
+
+use std::sync::Arc;
+
+use sync_hlc::{Hlc, NodeId, Watermarks};
+use sync_protocol::{AppRow, SharedRecord};
+
+use crate::{
+    row_key, AppNamespace, AppRowStore, Applied, Channel, CutOrder, Error, Item, ItemKey,
+    PageSelector, RecordStore, SelectStep, Selection, StoreError, Stream,
+};
+
+/// The stores behind one channel on one side.
+#[derive(Clone)]
+pub struct ChannelData {
+    channel: Channel,
+    records: Option<Arc<dyn RecordStore>>,
+    rows: Option<Arc<dyn AppRowStore>>,
+}
+
+/// A channel resolved against its registered namespace: the streams to scan.
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    pub streams: Vec<Stream>,
+    pub namespace: Option<AppNamespace>,
+}
+
+impl Scope {
+    pub fn files_enabled(&self) -> bool {
+        self.namespace.as_ref().is_none_or(|ns| ns.files_enabled)
+    }
+}
+
+/// Why an inbound item is not acceptable on this channel at all (a protocol violation by
+/// the peer, refused loudly).
+pub(crate) fn channel_violation(channel: &Channel, item: &Item) -> Option<String> {
+    match (channel, item) {
+        (Channel::Drive, Item::Row(r)) => Some(format!(
+            "the Drive channel does not carry app rows (got a row of {}.{})",
+            r.app_id, r.table
+        )),
+        (Channel::App(app), Item::Record(r)) => Some(format!(
+            "app channel {app} does not carry shared records (got record {})",
+            r.id
+        )),
+        (Channel::App(app), Item::Row(r)) if r.app_id != *app => Some(format!(
+            "app channel {app} does not carry rows of app {}",
+            r.app_id
+        )),
+        _ => None,
+    }
+}
+
+impl ChannelData {
+    /// The data of `channel`: the record store for Drive, the app-row store for an app.
+    pub fn new(
+        channel: Channel,
+        records: Option<Arc<dyn RecordStore>>,
+        rows: Option<Arc<dyn AppRowStore>>,
+    ) -> Self {
+        Self {
+            channel,
+            records,
+            rows,
+        }
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    fn config_error(&self, reason: impl Into<String>) -> Error {
+        Error::Config {
+            channel: self.channel.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Resolves the channel's streams (reading the app's namespace).
+    pub(crate) async fn scope(&self) -> Result<Scope, Error> {
+        match &self.channel {
+            Channel::Drive => {
+                if self.records.is_none() {
+                    return Err(self.config_error("no record store"));
+                }
+                Ok(Scope {
+                    streams: vec![Stream::Records],
+                    namespace: None,
+                })
+            }
+            Channel::App(app) => {
+                let rows = self
+                    .rows
+                    .as_ref()
+                    .ok_or_else(|| self.config_error("no app-row store"))?;
+                let ns = rows
+                    .namespace(app)
+                    .await
+                    .map_err(|e| self.config_error(format!("reading the namespace: {e}")))?
+                    .ok_or_else(|| self.config_error(format!("app {app} is not registered")))?;
+                let streams = ns
+                    .table_names()
+                    .into_iter()
+                    .map(|t| Stream::Table {
+                        app: app.clone(),
+                        table: t.to_string(),
+                    })
+                    .collect();
+                Ok(Scope {
+                    streams,
+                    namespace: Some(ns),
+                })
+            }
+        }
+    }
+
+    fn records(&self) -> Result<&Arc<dyn RecordStore>, StoreError> {
+        self.records
+            .as_ref()
+            .ok_or_else(|| StoreError::fatal("no record store on this channel"))
+    }
+
+    fn rows(&self) -> Result<&Arc<dyn AppRowStore>, StoreError> {
+        self.rows
+            .as_ref()
+            .ok_or_else(|| StoreError::fatal("no app-row store on this channel"))
+    }
+
+    /// Coverage of each stream.
+    pub(crate) async fn stream_coverage(
+        &self,
+        streams: &[Stream],
+    ) -> Result<Vec<(Stream, Watermarks)>, StoreError> {
+        let mut out = Vec::with_capacity(streams.len());
+        for s in streams {
+            let cov = match s {
+                Stream::Records => self.records()?.coverage().await?,
+                Stream::Table { app, table } => self.rows()?.coverage(app, table).await?,
+            };
+            out.push((s.clone(), cov));
+        }
+        Ok(out)
+    }
+
+    /// The channel's coverage: per origin node, the maximum over every stream.
+    pub async fn coverage(&self) -> Result<Watermarks, Error> {
+        let scope = self.scope().await?;
+        let per_stream = self
+            .stream_coverage(&scope.streams)
+            .await
+            .map_err(Error::State)?;
+        Ok(union(&per_stream))
+    }
+
+    /// The highest version of `origin` below `below` over every stream.
+    pub(crate) async fn coverage_below(
+        &self,
+        streams: &[Stream],
+        origin: &NodeId,
+        below: &Hlc,
+    ) -> Result<Option<Hlc>, StoreError> {
+        let mut best: Option<Hlc> = None;
+        for s in streams {
+            let h = match s {
+                Stream::Records => self.records()?.coverage_below(origin, below).await?,
+                Stream::Table { app, table } => {
+                    self.rows()?
+                        .coverage_below(app, table, origin, below)
+                        .await?
+                }
+            };
+            best = best.max(h);
+        }
+        Ok(best)
+    }
+
+    /// The page of items the other side has not covered: per origin node, its lowest
+    /// versions above `seen[origin]`, globally earliest first, up to `limit`.
+    pub(crate) async fn select(
+        &self,
+        coverage: &[(Stream, Watermarks)],
+        seen: &Watermarks,
+        limit: usize,
+        scan_page: usize,
+        order: CutOrder,
+    ) -> Result<Selection, StoreError> {
+        let cursors = coverage.iter().flat_map(|(stream, cov)| {
+            seen.unseen(cov)
+                .map(move |(origin, above)| (stream.clone(), origin.clone(), above.cloned()))
+        });
+        let mut selector = PageSelector::new(limit, scan_page, cursors).with_order(order);
+        while let SelectStep::Scan(req) = selector.next_step() {
+            let items: Vec<Item> = match &req.stream {
+                Stream::Records => self
+                    .records()?
+                    .scan(&req.origin, req.above.as_ref(), req.limit)
+                    .await?
+                    .into_iter()
+                    .map(Item::Record)
+                    .collect(),
+                Stream::Table { app, table } => self
+                    .rows()?
+                    .scan(app, table, &req.origin, req.above.as_ref(), req.limit)
+                    .await?
+                    .into_iter()
+                    .map(Item::Row)
+                    .collect(),
+            };
+            selector.feed(req.cursor, items);
+        }
+        Ok(selector.finish())
+    }
+
+    /// The identity of an item on this channel; refuses rows of unknown tables or without
+    /// their primary key.
+    pub(crate) fn key_of(&self, scope: &Scope, item: &Item) -> Result<ItemKey, String> {
+        match item {
+            Item::Record(r) => Ok(ItemKey::Record { id: r.id.clone() }),
+            Item::Row(r) => {
+                let ns = scope
+                    .namespace
+                    .as_ref()
+                    .ok_or("app rows are not accepted on this channel")?;
+                let spec = ns.table(&r.table).ok_or_else(|| {
+                    format!(
+                        "table {:?} is not registered for app {}",
+                        r.table, ns.app_id
+                    )
+                })?;
+                let key = row_key(spec, r).map_err(|e| e.to_string())?;
+                Ok(ItemKey::Row {
+                    app: r.app_id.clone(),
+                    table: r.table.clone(),
+                    key,
+                })
+            }
+        }
+    }
+
+    /// Applies items with last-write-wins: one atomic batch per store, and item by item
+    /// when a batch fails, so one bad item cannot stop the rest. Results follow `items`.
+    ///
+    /// With `halt`, the item-by-item retry skips every later item of an origin node once
+    /// one of its items failed (items must come in per-origin version order).
+    pub(crate) async fn apply(&self, items: &[&Item], halt: bool) -> Vec<Result<Applied, String>> {
+        let mut results: Vec<Option<Result<Applied, String>>> = vec![None; items.len()];
+        let (mut rec_idx, mut records) = (Vec::new(), Vec::<SharedRecord>::new());
+        let (mut row_idx, mut rows) = (Vec::new(), Vec::<AppRow>::new());
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Item::Record(r) => {
+                    rec_idx.push(i);
+                    records.push(r.clone());
+                }
+                Item::Row(r) => {
+                    row_idx.push(i);
+                    rows.push(r.clone());
+                }
+            }
+        }
+        if !records.is_empty() {
+            let out = match self.records() {
+                Ok(store) => apply_batch(&records, halt, |b| store.apply(b)).await,
+                Err(e) => vec![Err(e.to_string()); records.len()],
+            };
+            for (i, r) in rec_idx.into_iter().zip(out) {
+                results[i] = Some(r);
+            }
+        }
+        if !rows.is_empty() {
+            let out = match self.rows() {
+                Ok(store) => apply_batch(&rows, halt, |b| store.apply(b)).await,
+                Err(e) => vec![Err(e.to_string()); rows.len()],
+            };
+            for (i, r) in row_idx.into_iter().zip(out) {
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every item has a result"))
+            .collect()
+    }
+}
+
+/// Applies a batch atomically; if the batch fails, retries item by item to isolate the
+/// failing ones (skipping the rest of a failed origin node's items when `halt`).
+async fn apply_batch<'a, T: Versioned, F, Fut>(
+    items: &'a [T],
+    halt: bool,
+    apply: F,
+) -> Vec<Result<Applied, String>>
+where
+    F: Fn(&'a [T]) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Applied>, StoreError>>,
+{
+    match apply(items).await {
+        Ok(out) if out.len() == items.len() => out.into_iter().map(Ok).collect(),
+        Ok(out) => vec![
+            Err(format!(
+                "store returned {} results for {} items",
+                out.len(),
+                items.len()
+            ));
+            items.len()
+        ],
+        Err(_) if items.len() > 1 => {
+            let mut out = Vec::with_capacity(items.len());
+            let mut failed: Vec<&NodeId> = Vec::new();
+            for one in items.chunks(1) {
+                let origin = one[0].origin();
+                if halt && failed.contains(&origin) {
+                    out.push(Err("held back behind an earlier failure of its origin node".into()));
+                    continue;
+                }
+                let result = match apply(one).await {
+                    Ok(mut r) if r.len() == 1 => Ok(r.remove(0)),
+                    Ok(_) => Err("store returned no result".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if result.is_err() {
+                    failed.push(origin);
+                }
+                out.push(result);
+            }
+            out
+        }
+        Err(e) => vec![Err(e.to_string())],
+    }
+}
+
+/// Anything with a version.
+pub(crate) trait Versioned {
+    fn origin(&self) -> &NodeId;
+}
+
+impl Versioned for SharedRecord {
+    fn origin(&self) -> &NodeId {
+        SharedRecord::origin(self)
+    }
+}
+
+impl Versioned for AppRow {
+    fn origin(&self) -> &NodeId {
+        AppRow::origin(self)
+    }
+}
+
+/// Per origin node, the maximum over several coverages.
+pub(crate) fn union(per_stream: &[(Stream, Watermarks)]) -> Watermarks {
+    let mut all = Watermarks::new();
+    for (_, w) in per_stream {
+        all.merge(w);
+    }
+    all
+}

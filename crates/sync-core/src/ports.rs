@@ -1,0 +1,161 @@
+//! The ports the exchange round drives: small traits, one required method set each.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sync_hlc::{ClockState, Hlc, NodeId, Watermarks};
+use sync_protocol::{AppRow, ExchangeRequest, ExchangeResponse, SharedRecord};
+
+use crate::{AppNamespace, BlobError, BlobManifest, Channel, ExchangeError, StoreError};
+
+/// What a last-write-wins apply did with one offered version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Applied {
+    /// The offered version was newer and is now stored.
+    Written,
+    /// The stored version is exactly the offered one (a repeat delivery).
+    Kept,
+    /// The stored version is newer; the offer lost and changed nothing.
+    Superseded,
+}
+
+/// Shared records, kept with an index on `(origin node, version)`.
+#[async_trait]
+pub trait RecordStore: Send + Sync {
+    /// Per origin node, the highest version stored (tombstones included), from the index.
+    async fn coverage(&self) -> Result<Watermarks, StoreError>;
+
+    /// The highest stored version of `origin` strictly below `below`.
+    async fn coverage_below(&self, origin: &NodeId, below: &Hlc)
+        -> Result<Option<Hlc>, StoreError>;
+
+    /// Up to `limit` records whose version is from `origin` and above `above` (all when
+    /// `None`), in version order.
+    async fn scan(
+        &self,
+        origin: &NodeId,
+        above: Option<&Hlc>,
+        limit: usize,
+    ) -> Result<Vec<SharedRecord>, StoreError>;
+
+    /// Applies a batch with last-write-wins per record (the newer `updated_at` wins; ties by
+    /// node id), atomically: on error nothing of the batch is stored.
+    async fn apply(&self, records: &[SharedRecord]) -> Result<Vec<Applied>, StoreError>;
+
+    /// The stored version of a record.
+    async fn get(&self, id: &str) -> Result<Option<SharedRecord>, StoreError>;
+}
+
+/// App rows of registered namespaces, kept with their primary key, origin node, version and
+/// tombstone flag, indexed on `(app, table, origin node, version)`.
+#[async_trait]
+pub trait AppRowStore: Send + Sync {
+    /// Registers (or replaces) an app namespace.
+    async fn register(&self, namespace: AppNamespace) -> Result<(), StoreError>;
+
+    /// The registered namespace of `app_id`.
+    async fn namespace(&self, app_id: &str) -> Result<Option<AppNamespace>, StoreError>;
+
+    /// Per origin node, the highest version stored in one table (tombstones included).
+    async fn coverage(&self, app_id: &str, table: &str) -> Result<Watermarks, StoreError>;
+
+    /// The highest stored version of `origin` in one table strictly below `below`.
+    async fn coverage_below(
+        &self,
+        app_id: &str,
+        table: &str,
+        origin: &NodeId,
+        below: &Hlc,
+    ) -> Result<Option<Hlc>, StoreError>;
+
+    /// Up to `limit` rows of one table whose version is from `origin` and above `above`, in
+    /// version order. Tombstones carry the complete primary key in `where`.
+    async fn scan(
+        &self,
+        app_id: &str,
+        table: &str,
+        origin: &NodeId,
+        above: Option<&Hlc>,
+        limit: usize,
+    ) -> Result<Vec<AppRow>, StoreError>;
+
+    /// Applies a batch with last-write-wins per (app, table, primary key), atomically. Rows
+    /// of unregistered tables or without their primary key are refused with
+    /// [`StoreError::Invalid`].
+    async fn apply(&self, rows: &[AppRow]) -> Result<Vec<Applied>, StoreError>;
+
+    /// The stored version of a row, by canonical primary key (see [`crate::row_key`]).
+    async fn get(&self, app_id: &str, table: &str, key: &str)
+        -> Result<Option<AppRow>, StoreError>;
+}
+
+/// Whether blobs are present in one object storage.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Whether the blob at `key` is present.
+    async fn contains(&self, key: &str) -> Result<bool, BlobError>;
+}
+
+/// How a transfer ended when it succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transferred {
+    /// The destination already had the key; nothing moved.
+    AlreadyPresent,
+    /// The bytes were copied (and verified where the hash allows).
+    Copied {
+        /// Bytes moved.
+        bytes: u64,
+    },
+}
+
+/// Moves blobs between this node's object storage and the peer's.
+#[async_trait]
+pub trait BlobTransfer: Send + Sync {
+    /// Copies a blob from this node to the peer (before its metadata ships).
+    async fn push(&self, manifest: &BlobManifest) -> Result<Transferred, BlobError>;
+    /// Copies a blob from the peer to this node (after its metadata applied).
+    async fn pull(&self, manifest: &BlobManifest) -> Result<Transferred, BlobError>;
+}
+
+/// The persisted sync state of one channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelState {
+    /// Own watermarks: per origin node, what this node has fully landed.
+    pub own: Watermarks,
+    /// The peer's last coverage report (replaced after every round, never merged).
+    pub peer: Watermarks,
+}
+
+/// Sync state per channel, and the node's clock state.
+#[async_trait]
+pub trait SyncStateStore: Send + Sync {
+    /// The state of one channel (empty if never synced).
+    async fn load(&self, channel: &Channel) -> Result<ChannelState, StoreError>;
+
+    /// The persisted clock state, if any.
+    async fn load_clock(&self) -> Result<Option<ClockState>, StoreError>;
+
+    /// Stores a channel's state and the clock state atomically.
+    async fn commit(
+        &self,
+        channel: &Channel,
+        state: &ChannelState,
+        clock: ClockState,
+    ) -> Result<(), StoreError>;
+
+    /// Stores the clock state alone (after local writes).
+    async fn save_clock(&self, clock: ClockState) -> Result<(), StoreError>;
+}
+
+/// One exchange with a responder: implemented by the HTTP client and by the in-process
+/// responder, so either can sit behind a round.
+#[async_trait]
+pub trait ExchangeTransport: Send + Sync {
+    /// Sends a request and returns the responder's answer.
+    async fn exchange(&self, request: ExchangeRequest) -> Result<ExchangeResponse, ExchangeError>;
+}
+
+/// Physical time, passed in: the core never reads a clock itself.
+pub trait TimeSource: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}

@@ -1,0 +1,229 @@
+//! The responder (SPEC §5): applies what a requester ships and answers with what it lacks.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sync_protocol::{ExchangeRequest, ExchangeResponse, Refusal, PROTOCOL_VERSION};
+
+use crate::{
+    local::{channel_violation, union},
+    round::lock,
+    BlobStore, ChannelData, CutOrder, Error, ExchangeError, ExchangeTransport, Item,
+    PrefixLedger, SharedClock, TimeSource,
+};
+
+/// Options of a responder.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ResponderConfig {
+    /// Page size when the request names no limit (default 1000, as the reference).
+    pub default_limit: usize,
+    /// Largest page a request may ask for; larger limits are clamped (default 10,000).
+    pub max_limit: usize,
+    /// Most items read per store scan (default 500).
+    pub scan_page_size: usize,
+}
+
+impl Default for ResponderConfig {
+    fn default() -> Self {
+        Self {
+            default_limit: 1000,
+            max_limit: 10_000,
+            scan_page_size: 500,
+        }
+    }
+}
+
+impl ResponderConfig {
+    /// Sets the largest page a request may ask for (at least 1).
+    pub fn with_max_limit(mut self, n: usize) -> Self {
+        self.max_limit = n.max(1);
+        self.default_limit = self.default_limit.min(self.max_limit);
+        self
+    }
+    /// Sets the scan page size (at least 1).
+    pub fn with_scan_page_size(mut self, n: usize) -> Self {
+        self.scan_page_size = n.max(1);
+        self
+    }
+}
+
+/// The parts a responder is made of.
+#[derive(Clone)]
+pub struct ResponderParts {
+    /// The responder's data on the channel.
+    pub data: ChannelData,
+    /// The responder's object storage (to check pushed blobs arrived).
+    pub blobs: Arc<dyn BlobStore>,
+    /// The responder's clock.
+    pub clock: SharedClock,
+    /// Physical time.
+    pub time: Arc<dyn TimeSource>,
+    /// Options.
+    pub config: ResponderConfig,
+}
+
+/// Answers exchange requests for one channel. Cheap to clone.
+#[derive(Clone)]
+pub struct Responder {
+    parts: ResponderParts,
+}
+
+impl Responder {
+    /// A responder over the given parts.
+    pub fn new(parts: ResponderParts) -> Self {
+        Self { parts }
+    }
+
+    /// The options in force.
+    pub fn config(&self) -> &ResponderConfig {
+        &self.parts.config
+    }
+
+    /// Handles one request.
+    pub async fn respond(&self, request: ExchangeRequest) -> Result<ExchangeResponse, ExchangeError> {
+        let p = &self.parts;
+        let channel = p.data.channel().clone();
+
+        // 1. Validate: the limit, and the channel split (a Drive channel never carries app
+        //    rows, an app channel never shared records or another app's rows).
+        let limit = match request.limit {
+            None => p.config.default_limit,
+            Some(0) => return Err(ExchangeError::BadRequest("limit must be at least 1".into())),
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(p.config.max_limit),
+        };
+        let scope = p.data.scope().await.map_err(|e| match e {
+            Error::Config { reason, .. } => ExchangeError::BadRequest(reason),
+            other => ExchangeError::Fatal {
+                message: other.to_string(),
+                source: Some(Box::new(other)),
+            },
+        })?;
+        let files = scope.files_enabled();
+        let mut inbound: Vec<Item> = request
+            .records
+            .into_iter()
+            .map(Item::Record)
+            .chain(request.app_syncable_rows.into_iter().map(Item::Row))
+            .collect();
+        if let Some(violation) = inbound.iter().find_map(|i| channel_violation(&channel, i)) {
+            return Err(ExchangeError::BadRequest(violation));
+        }
+
+        // 2. Apply per origin node in version order. A skewed item, an unknown table, a
+        //    missing key, a blob not yet in our storage or a failed apply halts that origin
+        //    node for the rest of the request.
+        inbound.sort_by(|a, b| a.hlc().cmp(b.hlc()));
+        let now = p.time.now_ms();
+        let mut ledger = PrefixLedger::new();
+        let mut refusals = Vec::new();
+        let mut accepted: Vec<&Item> = Vec::with_capacity(inbound.len());
+        for item in &inbound {
+            if ledger.first_failure(item.origin()).is_some() {
+                continue;
+            }
+            let skew = lock(&p.clock).check_skew(item.hlc(), now);
+            let refused = if let Err(skew) = skew {
+                Some(skew.to_string())
+            } else if let Err(reason) = p.data.key_of(&scope, item) {
+                Some(reason)
+            } else if let Some(manifest) = item.blob(files) {
+                match p.blobs.contains(&manifest.key).await {
+                    Ok(true) => None,
+                    Ok(false) => Some(format!(
+                        "blob {} is not in the responder's storage; upload it before its metadata",
+                        manifest.key
+                    )),
+                    Err(e) => Some(format!("cannot check blob {}: {e}", manifest.key)),
+                }
+            } else {
+                None
+            };
+            match refused {
+                Some(reason) => {
+                    ledger.failed(item.hlc());
+                    refusals.push(Refusal {
+                        at: item.hlc().clone(),
+                        reason,
+                    });
+                }
+                None => accepted.push(item),
+            }
+        }
+        let applied = p.data.apply(&accepted, true).await;
+        for (item, result) in accepted.iter().zip(applied) {
+            match result {
+                Ok(_) => ledger.landed(item.hlc()),
+                Err(reason) => {
+                    if ledger.in_prefix(item.hlc()) {
+                        refusals.push(Refusal {
+                            at: item.hlc().clone(),
+                            reason: format!("could not be stored: {reason}"),
+                        });
+                    }
+                    ledger.failed(item.hlc());
+                }
+            }
+        }
+        if let Some(top) = accepted
+            .iter()
+            .filter(|i| ledger.in_prefix(i.hlc()))
+            .map(|i| i.hlc())
+            .max()
+        {
+            let _ = lock(&p.clock).receive(top, now);
+        }
+
+        // 3. Coverage after the apply. It never overstates: for a halted origin node it is
+        //    capped below the failed item, whatever else of that node is stored. A failed
+        //    read fails the request; it never shrinks to "nothing there".
+        let per_stream = p.data.stream_coverage(&scope.streams).await?;
+        let mut coverage = union(&per_stream);
+        for (origin, failure) in ledger.halted() {
+            let below = p
+                .data
+                .coverage_below(&scope.streams, origin, failure)
+                .await?;
+            coverage.remove(origin.as_str());
+            if let Some(h) = below {
+                coverage.advance(&h);
+            }
+        }
+
+        // 4. Select what the requester has not covered, with the same per-origin cut, and
+        //    probe one past it so has_more is exact.
+        let selection = p
+            .data
+            .select(
+                &per_stream,
+                &request.watermarks,
+                limit,
+                p.config.scan_page_size,
+                CutOrder::PerOriginVersion,
+            )
+            .await?;
+        let mut response = ExchangeResponse {
+            records: Vec::new(),
+            app_syncable_rows: Vec::new(),
+            responder_watermarks: coverage,
+            has_more: selection.has_more,
+            halted_authors: ledger.halted().map(|(n, _)| n.clone()).collect(),
+            refusals,
+            protocol_version: Some(PROTOCOL_VERSION),
+        };
+        for item in selection.items {
+            match item {
+                Item::Record(r) => response.records.push(r),
+                Item::Row(r) => response.app_syncable_rows.push(r),
+            }
+        }
+        Ok(response)
+    }
+}
+
+#[async_trait]
+impl ExchangeTransport for Responder {
+    async fn exchange(&self, request: ExchangeRequest) -> Result<ExchangeResponse, ExchangeError> {
+        self.respond(request).await
+    }
+}

@@ -1,0 +1,457 @@
+//! The exchange round, requester side (SPEC §4), read top to bottom in
+//! [`Requester::exchange`].
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use futures_util::{stream, StreamExt};
+use serde::Serialize;
+use sync_hlc::{Clock, Hlc, NodeId};
+use sync_protocol::{ExchangeRequest, Refusal, PROTOCOL_VERSION};
+
+use crate::{
+    local::channel_violation, Applied, BlobTransfer, ChannelData, ChannelState, CutOrder, Error,
+    ExchangeError, ExchangeTransport, Item, ItemKey, ItemProblem, PrefixLedger, Selection,
+    SyncStateStore, TimeSource, Transferred,
+};
+
+/// A node's clock, shared by its local writes and every channel's rounds.
+pub type SharedClock = Arc<Mutex<Clock>>;
+
+pub(crate) fn lock(clock: &SharedClock) -> MutexGuard<'_, Clock> {
+    // A panic while holding the lock cannot leave the clock half-updated (its updates are
+    // single assignments), so a poisoned lock is still usable.
+    clock.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Options of the requester's rounds.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RoundConfig {
+    /// Most items shipped, and asked for, per round (default 1000).
+    pub page_limit: usize,
+    /// Most items read per store scan (default 500).
+    pub scan_page_size: usize,
+    /// Blob transfers in flight at once (default 8).
+    pub blob_concurrency: usize,
+    /// The page-cut order; only the default is correct (the simulator's teeth tests use
+    /// the other).
+    #[doc(hidden)]
+    pub cut_order: CutOrder,
+}
+
+impl Default for RoundConfig {
+    fn default() -> Self {
+        Self {
+            page_limit: 1000,
+            scan_page_size: 500,
+            blob_concurrency: 8,
+            cut_order: CutOrder::PerOriginVersion,
+        }
+    }
+}
+
+impl RoundConfig {
+    /// Sets the page limit (at least 1).
+    pub fn with_page_limit(mut self, n: usize) -> Self {
+        self.page_limit = n.max(1);
+        self
+    }
+    /// Sets the scan page size (at least 1).
+    pub fn with_scan_page_size(mut self, n: usize) -> Self {
+        self.scan_page_size = n.max(1);
+        self
+    }
+    /// Sets the number of concurrent blob transfers (at least 1).
+    pub fn with_blob_concurrency(mut self, n: usize) -> Self {
+        self.blob_concurrency = n.max(1);
+        self
+    }
+}
+
+/// Which way an item was travelling when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From this node to the peer.
+    Outbound,
+    /// From the peer to this node.
+    Inbound,
+}
+
+/// One item that did not make it this round; its origin node's watermark stays behind it
+/// and the next round retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemFailure {
+    /// Which way it was going.
+    pub direction: Direction,
+    /// Its identity, when known.
+    pub key: Option<ItemKey>,
+    /// Its version (the origin node is `at`'s node).
+    pub at: Hlc,
+    /// What went wrong.
+    pub problem: ItemProblem,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RoundReport {
+    /// Items (shared records and app rows) newly applied this round that fully landed.
+    pub applied: usize,
+    /// Items applied in an earlier round whose blob landed this round (staged -> resident).
+    pub became_resident: usize,
+    /// Items shipped to the peer.
+    pub shipped: usize,
+    /// Everything that landed this round (newly applied or newly resident), in order.
+    pub landed: Vec<ItemKey>,
+    /// The responder has more for us than this page.
+    pub inbound_has_more: bool,
+    /// We have more for the responder than this page.
+    pub outbound_has_more: bool,
+    /// Either side still has work, including items held back by failures.
+    pub has_more: bool,
+    /// The outbound side was skipped because a local read failed (never read as "nothing").
+    pub outbound_blocked: Option<String>,
+    /// Items that failed, in either direction.
+    pub failures: Vec<ItemFailure>,
+    /// Origin nodes the responder halted, and why.
+    pub halted_by_peer: Vec<NodeId>,
+    /// The responder's reasons, when it gave them.
+    pub peer_refusals: Vec<Refusal>,
+    /// Whether own watermarks moved.
+    pub own_moved: bool,
+    /// Whether the peer's coverage report differs from the previous one.
+    pub peer_moved: bool,
+}
+
+impl RoundReport {
+    /// Whether the round moved anything forward.
+    pub fn progressed(&self) -> bool {
+        self.applied > 0 || self.became_resident > 0 || self.own_moved || self.peer_moved
+    }
+
+    /// More work remains only because items keep failing: "stalled: retrying failures"
+    /// rather than "more data".
+    pub fn stalled(&self) -> bool {
+        self.has_more
+            && !self.progressed()
+            && (!self.failures.is_empty()
+                || !self.halted_by_peer.is_empty()
+                || self.outbound_blocked.is_some())
+    }
+}
+
+/// The outcome of [`Requester::sync_until_idle`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SyncSummary {
+    /// Rounds run.
+    pub rounds: usize,
+    /// Items applied over all rounds.
+    pub applied: usize,
+    /// Items shipped over all rounds.
+    pub shipped: usize,
+    /// Items that became resident over all rounds.
+    pub became_resident: usize,
+    /// Neither side has more.
+    pub complete: bool,
+    /// Stopped because only failing items remain (never together with `complete`).
+    pub stalled: bool,
+    /// The last round's report.
+    pub last: RoundReport,
+}
+
+/// The parts a requester is made of.
+pub struct RequesterParts {
+    /// This node's data on the channel.
+    pub data: ChannelData,
+    /// Where the channel's watermarks and the clock are persisted.
+    pub state: Arc<dyn SyncStateStore>,
+    /// Moves blobs to and from the peer.
+    pub transfer: Arc<dyn BlobTransfer>,
+    /// Talks to the responder.
+    pub transport: Arc<dyn ExchangeTransport>,
+    /// The node's clock.
+    pub clock: SharedClock,
+    /// Physical time.
+    pub time: Arc<dyn TimeSource>,
+    /// Options.
+    pub config: RoundConfig,
+}
+
+/// Runs exchange rounds for one channel of a local node against one peer.
+pub struct Requester {
+    parts: RequesterParts,
+}
+
+enum Inbound {
+    Landed { written: bool, copied: bool },
+    Failed(ItemProblem),
+}
+
+impl Requester {
+    /// A requester over the given parts.
+    pub fn new(parts: RequesterParts) -> Self {
+        Self { parts }
+    }
+
+    /// The options in force.
+    pub fn config(&self) -> &RoundConfig {
+        &self.parts.config
+    }
+
+    /// One exchange round. On error nothing was persisted (applying the same round again
+    /// is harmless); item-level failures are reported in the result instead.
+    pub async fn exchange(&self) -> Result<RoundReport, Error> {
+        let p = &self.parts;
+        let channel = p.data.channel().clone();
+        let scope = p.data.scope().await?;
+        let files = scope.files_enabled();
+        let conc = p.config.blob_concurrency.max(1);
+        let mut report = RoundReport::default();
+
+        // 1. Load own and peer watermarks.
+        let ChannelState { own, peer } = p.state.load(&channel).await.map_err(Error::State)?;
+
+        // 2. Select outbound: per origin node, its lowest versions above peer[origin],
+        //    across every stream. A failed read blocks the outbound side; it is never
+        //    taken for "nothing to ship".
+        let selection = match p.data.stream_coverage(&scope.streams).await {
+            Ok(cov) => {
+                p.data
+                    .select(
+                        &cov,
+                        &peer,
+                        p.config.page_limit,
+                        p.config.scan_page_size,
+                        p.config.cut_order,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let selection = selection.unwrap_or_else(|e| {
+            tracing::warn!(%channel, error = %e, "outbound scan failed; shipping nothing this round");
+            report.outbound_blocked = Some(e.to_string());
+            Selection::default()
+        });
+        report.outbound_has_more = selection.has_more;
+
+        // 3. Push blobs before their metadata, per origin node in version order. The first
+        //    failed push stops that origin node for the round; others continue.
+        let mut outbound = PrefixLedger::new();
+        let halted: Mutex<BTreeSet<NodeId>> = Mutex::default();
+        let pushes: Vec<Result<(), String>> = stream::iter(selection.items.iter())
+            .map(|item| {
+                let halted = &halted;
+                async move {
+                    let Some(manifest) = item.blob(files) else {
+                        return Ok(());
+                    };
+                    if halted.lock().unwrap_or_else(|e| e.into_inner()).contains(item.origin()) {
+                        return Err(String::new());
+                    }
+                    let res = p.transfer.push(&manifest).await.map(|_| ());
+                    if res.is_err() {
+                        let mut h = halted.lock().unwrap_or_else(|e| e.into_inner());
+                        h.insert(item.origin().clone());
+                    }
+                    res.map_err(|e| e.to_string())
+                }
+            })
+            .buffered(conc)
+            .collect()
+            .await;
+        for (item, pushed) in selection.items.iter().zip(pushes) {
+            match pushed {
+                Ok(()) => outbound.landed(item.hlc()),
+                Err(msg) => {
+                    outbound.failed(item.hlc());
+                    if !msg.is_empty() {
+                        report.failures.push(ItemFailure {
+                            direction: Direction::Outbound,
+                            key: p.data.key_of(&scope, item).ok(),
+                            at: item.hlc().clone(),
+                            problem: ItemProblem::Blob(msg),
+                        });
+                    }
+                }
+            }
+        }
+        let mut request = ExchangeRequest {
+            limit: Some(p.config.page_limit as u64),
+            protocol_version: Some(PROTOCOL_VERSION),
+            ..ExchangeRequest::default()
+        };
+        for item in selection.items.iter().filter(|i| outbound.in_prefix(i.hlc())) {
+            match item {
+                Item::Record(r) => request.records.push(r.clone()),
+                Item::Row(r) => request.app_syncable_rows.push(r.clone()),
+            }
+        }
+        report.shipped = request.records.len() + request.app_syncable_rows.len();
+
+        // 4. Transmit our coverage plus our own authorship, so the peer never echoes back
+        //    what we wrote ourselves.
+        request.watermarks = own.clone();
+        {
+            let clock = lock(&p.clock);
+            if clock.state().wall_time > 0 {
+                request.watermarks.advance(&clock.last());
+            }
+        }
+        let response = p.transport.exchange(request).await?;
+        let mut inbound: Vec<Item> = response
+            .records
+            .into_iter()
+            .map(Item::Record)
+            .chain(response.app_syncable_rows.into_iter().map(Item::Row))
+            .collect();
+        if let Some(violation) = inbound.iter().find_map(|i| channel_violation(&channel, i)) {
+            return Err(Error::Exchange(ExchangeError::MalformedResponse(violation)));
+        }
+
+        // 5. Apply inbound per origin node in version order: refuse skewed or unknown items,
+        //    apply with last-write-wins, then pull the blob of what applied (never for an
+        //    LWW loser; again for a staged row).
+        inbound.sort_by(|a, b| a.hlc().cmp(b.hlc()));
+        let now = p.time.now_ms();
+        let mut ledger = PrefixLedger::new();
+        let mut accepted: Vec<(&Item, ItemKey)> = Vec::with_capacity(inbound.len());
+        for item in &inbound {
+            let checked = lock(&p.clock)
+                .check_skew(item.hlc(), now)
+                .map_err(ItemProblem::Skew)
+                .and_then(|()| p.data.key_of(&scope, item).map_err(ItemProblem::Refused));
+            match checked {
+                Ok(key) => accepted.push((item, key)),
+                Err(problem) => {
+                    ledger.failed(item.hlc());
+                    report.failures.push(ItemFailure {
+                        direction: Direction::Inbound,
+                        key: p.data.key_of(&scope, item).ok(),
+                        at: item.hlc().clone(),
+                        problem,
+                    });
+                }
+            }
+        }
+        let items: Vec<&Item> = accepted.iter().map(|(i, _)| *i).collect();
+        let applied = p.data.apply(&items, false).await;
+        if let Some(top) = items.iter().zip(&applied).filter(|(_, a)| a.is_ok()).map(|(i, _)| i.hlc()).max() {
+            // Passed the skew guard above, so this cannot be refused.
+            let _ = lock(&p.clock).receive(top, now);
+        }
+        let outcomes: Vec<Inbound> = stream::iter(items.iter().zip(applied))
+            .map(|(item, applied)| async move {
+                let written = match applied {
+                    Err(msg) => return Inbound::Failed(ItemProblem::Apply(msg)),
+                    Ok(Applied::Superseded) => {
+                        return Inbound::Landed {
+                            written: false,
+                            copied: false,
+                        }
+                    }
+                    Ok(a) => a == Applied::Written,
+                };
+                match item.blob(files) {
+                    None => Inbound::Landed {
+                        written,
+                        copied: false,
+                    },
+                    Some(manifest) => match p.transfer.pull(&manifest).await {
+                        Ok(t) => Inbound::Landed {
+                            written,
+                            copied: matches!(t, Transferred::Copied { .. }),
+                        },
+                        Err(e) => Inbound::Failed(ItemProblem::Blob(e.to_string())),
+                    },
+                }
+            })
+            .buffered(conc)
+            .collect()
+            .await;
+        for ((item, key), outcome) in accepted.into_iter().zip(outcomes) {
+            match outcome {
+                Inbound::Landed { written, copied } => {
+                    ledger.landed(item.hlc());
+                    if written {
+                        report.applied += 1;
+                        report.landed.push(key);
+                    } else if copied {
+                        report.became_resident += 1;
+                        report.landed.push(key);
+                    }
+                }
+                Inbound::Failed(problem) => {
+                    ledger.failed(item.hlc());
+                    report.failures.push(ItemFailure {
+                        direction: Direction::Inbound,
+                        key: Some(key),
+                        at: item.hlc().clone(),
+                        problem,
+                    });
+                }
+            }
+        }
+
+        // 6. Persist, only now that the data it covers is durable: own advances over each
+        //    origin node's contiguous landed prefix; peer is replaced by the coverage report
+        //    (it may go down after a peer wipe, which makes us ship again).
+        let state = ChannelState {
+            own: own.clone().merged(&ledger.advance()),
+            peer: response.responder_watermarks,
+        };
+        let clock_state = lock(&p.clock).state();
+        p.state
+            .commit(&channel, &state, clock_state)
+            .await
+            .map_err(Error::State)?;
+
+        // 7. Report.
+        report.own_moved = state.own != own;
+        report.peer_moved = state.peer != peer;
+        report.inbound_has_more = response.has_more;
+        report.halted_by_peer = response.halted_authors;
+        report.peer_refusals = response.refusals;
+        report.has_more = report.inbound_has_more
+            || report.outbound_has_more
+            || report.outbound_blocked.is_some()
+            || !report.failures.is_empty()
+            || !report.halted_by_peer.is_empty();
+        for f in &report.failures {
+            tracing::warn!(%channel, at = %f.at, direction = ?f.direction, problem = %f.problem, "item did not land this round");
+        }
+        Ok(report)
+    }
+
+    /// Runs rounds until neither side has more, stopping early when two rounds in a row
+    /// only retried failing items (stalled), or after `max_rounds`. Errors end the loop;
+    /// retrying with backoff is the caller's choice.
+    pub async fn sync_until_idle(&self, max_rounds: usize) -> Result<SyncSummary, Error> {
+        let mut summary = SyncSummary::default();
+        let mut stalled_rounds = 0;
+        while summary.rounds < max_rounds {
+            let r = self.exchange().await?;
+            summary.rounds += 1;
+            summary.applied += r.applied;
+            summary.shipped += r.shipped;
+            summary.became_resident += r.became_resident;
+            let (more, stalled) = (r.has_more, r.stalled());
+            summary.last = r;
+            if !more {
+                summary.complete = true;
+                break;
+            }
+            stalled_rounds = if stalled { stalled_rounds + 1 } else { 0 };
+            if stalled_rounds >= 2 {
+                summary.stalled = true;
+                break;
+            }
+        }
+        Ok(summary)
+    }
+}

@@ -1,0 +1,1 @@
+//! Conformance suites, one per port, run unchanged against every implementation.

@@ -1,0 +1,13 @@
+//! Dev-only test kit of the Starkeep sync engine (`publish = false`).
+//!
+//! - [`memory`]: in-memory implementations of every port of `sync-core`, with fault
+//!   injection (blob put/get failures per key, apply, scan and coverage-read failures,
+//!   transport failures before and after send, wipes and resets).
+//! - [`conformance`]: one suite per port, run unchanged against every implementation.
+//! - [`harness`]: a local node and a responder wired together, for scenario tests.
+//! - [`sim`]: the seeded deterministic simulator that checks the invariants.
+
+pub mod conformance;
+pub mod harness;
+pub mod memory;
+pub mod sim;
