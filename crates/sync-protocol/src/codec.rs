@@ -2,6 +2,9 @@ use std::fmt;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+/// Deepest nesting of arrays and maps a MessagePack body may have (serde_json's own limit).
+const MAX_DEPTH: usize = 128;
+
 /// A body format of the exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Codec {
@@ -58,9 +61,13 @@ impl Codec {
         let essence = value.split(';').next().unwrap_or("").trim();
         if essence.eq_ignore_ascii_case("application/json") {
             Some(Codec::Json)
-        } else if ["application/msgpack", "application/x-msgpack", "application/vnd.msgpack"]
-            .iter()
-            .any(|t| essence.eq_ignore_ascii_case(t))
+        } else if [
+            "application/msgpack",
+            "application/x-msgpack",
+            "application/vnd.msgpack",
+        ]
+        .iter()
+        .any(|t| essence.eq_ignore_ascii_case(t))
         {
             Some(Codec::MessagePack)
         } else {
@@ -100,10 +107,15 @@ impl Codec {
                 Ok(value)
             }
             Codec::MessagePack => {
-                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                // A cursor, not `from_read_ref`: the latter's `get_ref` is the whole input, so
+                // it cannot tell how much was read, and trailing bytes must be refused.
+                let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+                // rmp-serde allows 1024 levels of nesting, enough for a hostile body to
+                // overflow the stack; serde_json stops at 128, so does this.
+                de.set_max_depth(MAX_DEPTH);
                 let value: T = serde_path_to_error::deserialize(&mut de)
                     .map_err(|e| fail(e.path().to_string(), e.into_inner().to_string()))?;
-                if de.get_ref().len() != 0 {
+                if de.position() != bytes.len() as u64 {
                     return Err(fail(".".into(), "trailing data".into()));
                 }
                 Ok(value)

@@ -115,13 +115,25 @@ impl FileRecordRow {
             "object_storage_key".into(),
             Value::String(self.object_storage_key.clone()),
         );
-        row.insert("content_hash".into(), Value::String(self.content_hash.clone()));
+        row.insert(
+            "content_hash".into(),
+            Value::String(self.content_hash.clone()),
+        );
         row.insert("mime_type".into(), opt(&self.mime_type));
         row.insert("size_bytes".into(), Value::from(self.size_bytes));
         row.insert("original_filename".into(), opt(&self.original_filename));
-        row.insert("origin_app_id".into(), Value::String(self.origin_app_id.clone()));
-        row.insert("created_at".into(), Value::String(self.created_at.to_string()));
-        row.insert("updated_at".into(), Value::String(self.updated_at.to_string()));
+        row.insert(
+            "origin_app_id".into(),
+            Value::String(self.origin_app_id.clone()),
+        );
+        row.insert(
+            "created_at".into(),
+            Value::String(self.created_at.to_string()),
+        );
+        row.insert(
+            "updated_at".into(),
+            Value::String(self.updated_at.to_string()),
+        );
         row.insert(
             "deleted_at".into(),
             self.deleted_at
@@ -155,9 +167,15 @@ mod tests {
         assert_eq!(FileRecordRow::from_row(&row.to_row()).unwrap(), row);
         let mut bad = row.to_row();
         bad.insert("size_bytes".into(), Value::from(-3));
-        assert_eq!(FileRecordRow::from_row(&bad).unwrap_err().column, "size_bytes");
+        assert_eq!(
+            FileRecordRow::from_row(&bad).unwrap_err().column,
+            "size_bytes"
+        );
         let mut bad = row.to_row();
         bad.insert("updated_at".into(), Value::from("yesterday"));
-        assert_eq!(FileRecordRow::from_row(&bad).unwrap_err().column, "updated_at");
+        assert_eq!(
+            FileRecordRow::from_row(&bad).unwrap_err().column,
+            "updated_at"
+        );
     }
 }
