@@ -8,6 +8,7 @@ mod namespace;
 mod ports;
 mod prefix;
 mod responder;
+mod resume;
 mod round;
 mod select;
 
@@ -17,11 +18,12 @@ pub use item::{BlobManifest, Item, ItemKey, Residency};
 pub use local::ChannelData;
 pub use namespace::{row_key, AppNamespace, MissingKey, NamespaceError, TableSpec};
 pub use ports::{
-    Applied, AppRowStore, BlobStore, BlobTransfer, ChannelState, ExchangeTransport, RecordStore,
+    AppRowStore, Applied, BlobStore, BlobTransfer, ChannelState, ExchangeTransport, RecordStore,
     SyncStateStore, TimeSource, Transferred,
 };
 pub use prefix::PrefixLedger;
 pub use responder::{Responder, ResponderConfig, ResponderParts};
+pub use resume::resume_clock;
 pub use round::{
     Direction, ItemFailure, Requester, RequesterParts, RoundConfig, RoundReport, SharedClock,
     SyncSummary,

@@ -178,19 +178,37 @@ impl ChannelData {
 
     /// The page of items the other side has not covered: per origin node, its lowest
     /// versions above `seen[origin]`, globally earliest first, up to `limit`.
+    ///
+    /// With `relay`, versions of an origin node other than `relay.0` are only selected up to
+    /// `relay.1[origin]`, the contiguous prefix this side has fully received: above it, this
+    /// side may hold later versions of that node but miss earlier ones, and shipping those
+    /// would let the other side's coverage jump over the hole.
     pub(crate) async fn select(
         &self,
         coverage: &[(Stream, Watermarks)],
         seen: &Watermarks,
+        relay: Option<(&NodeId, &Watermarks)>,
         limit: usize,
         scan_page: usize,
         order: CutOrder,
     ) -> Result<Selection, StoreError> {
         let cursors = coverage.iter().flat_map(|(stream, cov)| {
-            seen.unseen(cov)
-                .map(move |(origin, above)| (stream.clone(), origin.clone(), above.cloned()))
+            seen.unseen(cov).filter_map(move |(origin, above)| {
+                let up_to = match relay {
+                    Some((me, _)) if origin == me => None,
+                    Some((_, own)) => {
+                        let bound = own.get(origin.as_str())?;
+                        if above.is_some_and(|a| a >= bound) {
+                            return None;
+                        }
+                        Some(bound.clone())
+                    }
+                    None => None,
+                };
+                Some((stream.clone(), origin.clone(), above.cloned(), up_to))
+            })
         });
-        let mut selector = PageSelector::new(limit, scan_page, cursors).with_order(order);
+        let mut selector = PageSelector::bounded(limit, scan_page, cursors).with_order(order);
         while let SelectStep::Scan(req) = selector.next_step() {
             let items: Vec<Item> = match &req.stream {
                 Stream::Records => self
@@ -312,7 +330,9 @@ where
             for one in items.chunks(1) {
                 let origin = one[0].origin();
                 if halt && failed.contains(&origin) {
-                    out.push(Err("held back behind an earlier failure of its origin node".into()));
+                    out.push(Err(
+                        "held back behind an earlier failure of its origin node".into(),
+                    ));
                     continue;
                 }
                 let result = match apply(one).await {

@@ -58,7 +58,9 @@ pub struct NamespaceError {
 
 /// Why an app row has no usable primary key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("row of {app}.{table} does not name its primary key column `{column}` (in `row` or `where`)")]
+#[error(
+    "row of {app}.{table} does not name its primary key column `{column}` (in `row` or `where`)"
+)]
 pub struct MissingKey {
     /// App id.
     pub app: String,

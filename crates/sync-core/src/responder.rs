@@ -8,8 +8,8 @@ use sync_protocol::{ExchangeRequest, ExchangeResponse, Refusal, PROTOCOL_VERSION
 use crate::{
     local::{channel_violation, union},
     round::lock,
-    BlobStore, ChannelData, CutOrder, Error, ExchangeError, ExchangeTransport, Item,
-    PrefixLedger, SharedClock, TimeSource,
+    BlobStore, ChannelData, CutOrder, Error, ExchangeError, ExchangeTransport, Item, PrefixLedger,
+    SharedClock, TimeSource,
 };
 
 /// Options of a responder.
@@ -81,7 +81,10 @@ impl Responder {
     }
 
     /// Handles one request.
-    pub async fn respond(&self, request: ExchangeRequest) -> Result<ExchangeResponse, ExchangeError> {
+    pub async fn respond(
+        &self,
+        request: ExchangeRequest,
+    ) -> Result<ExchangeResponse, ExchangeError> {
         let p = &self.parts;
         let channel = p.data.channel().clone();
 
@@ -90,7 +93,9 @@ impl Responder {
         let limit = match request.limit {
             None => p.config.default_limit,
             Some(0) => return Err(ExchangeError::BadRequest("limit must be at least 1".into())),
-            Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(p.config.max_limit),
+            Some(n) => usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(p.config.max_limit),
         };
         let scope = p.data.scope().await.map_err(|e| match e {
             Error::Config { reason, .. } => ExchangeError::BadRequest(reason),
@@ -117,6 +122,35 @@ impl Responder {
         let now = p.time.now_ms();
         let mut ledger = PrefixLedger::new();
         let mut refusals = Vec::new();
+
+        // Coverage honesty across data loss: the requester cut its page above the coverage
+        // it last heard from us. If we now cover less for an origin node (we lost data since),
+        // its items would leave a gap that our coverage (a maximum) would then jump over, so
+        // that node is refused this time; the report tells the requester where to re-ship from.
+        if let Some(basis) = request
+            .peer_watermarks
+            .as_ref()
+            .filter(|_| !inbound.is_empty())
+        {
+            let before = union(&p.data.stream_coverage(&scope.streams).await?);
+            for item in &inbound {
+                let Some(assumed) = basis.get(item.origin().as_str()) else {
+                    continue;
+                };
+                if ledger.first_failure(item.origin()).is_none() && !before.covers(assumed) {
+                    ledger.failed(item.hlc());
+                    refusals.push(Refusal {
+                        at: item.hlc().clone(),
+                        reason: format!(
+                            "coverage gap: this responder holds node {} only up to {:?}, but the \
+                             page was cut above {assumed}; ship again from the reported coverage",
+                            item.origin(),
+                            before.get(item.origin().as_str()),
+                        ),
+                    });
+                }
+            }
+        }
         let mut accepted: Vec<&Item> = Vec::with_capacity(inbound.len());
         for item in &inbound {
             if ledger.first_failure(item.origin()).is_some() {
@@ -197,6 +231,7 @@ impl Responder {
             .select(
                 &per_stream,
                 &request.watermarks,
+                None,
                 limit,
                 p.config.scan_page_size,
                 CutOrder::PerOriginVersion,

@@ -8,7 +8,7 @@ use std::{
 
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
-use sync_hlc::{Clock, Hlc, NodeId};
+use sync_hlc::{Clock, Hlc, NodeId, Watermarks};
 use sync_protocol::{ExchangeRequest, Refusal, PROTOCOL_VERSION};
 
 use crate::{
@@ -217,14 +217,17 @@ impl Requester {
         let ChannelState { own, peer } = p.state.load(&channel).await.map_err(Error::State)?;
 
         // 2. Select outbound: per origin node, its lowest versions above peer[origin],
-        //    across every stream. A failed read blocks the outbound side; it is never
+        //    across every stream; another node's versions only as far as our own contiguous
+        //    prefix of that node reaches. A failed read blocks the outbound side; it is never
         //    taken for "nothing to ship".
+        let node = lock(&p.clock).node_id().clone();
         let selection = match p.data.stream_coverage(&scope.streams).await {
             Ok(cov) => {
                 p.data
                     .select(
                         &cov,
                         &peer,
+                        Some((&node, &own)),
                         p.config.page_limit,
                         p.config.scan_page_size,
                         p.config.cut_order,
@@ -251,7 +254,11 @@ impl Requester {
                     let Some(manifest) = item.blob(files) else {
                         return Ok(());
                     };
-                    if halted.lock().unwrap_or_else(|e| e.into_inner()).contains(item.origin()) {
+                    if halted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(item.origin())
+                    {
                         return Err(String::new());
                     }
                     let res = p.transfer.push(&manifest).await.map(|_| ());
@@ -286,13 +293,29 @@ impl Requester {
             protocol_version: Some(PROTOCOL_VERSION),
             ..ExchangeRequest::default()
         };
-        for item in selection.items.iter().filter(|i| outbound.in_prefix(i.hlc())) {
+        for item in selection
+            .items
+            .iter()
+            .filter(|i| outbound.in_prefix(i.hlc()))
+        {
             match item {
                 Item::Record(r) => request.records.push(r.clone()),
                 Item::Row(r) => request.app_syncable_rows.push(r.clone()),
             }
         }
         report.shipped = request.records.len() + request.app_syncable_rows.len();
+        // Tell the responder which coverage this page was cut against, so a responder that
+        // lost data since (a wipe, a restore) refuses rather than covers the gap.
+        if report.shipped > 0 {
+            let basis: Watermarks = request
+                .records
+                .iter()
+                .map(|r| r.origin())
+                .chain(request.app_syncable_rows.iter().map(|r| r.origin()))
+                .filter_map(|n| peer.get(n.as_str()).cloned())
+                .collect();
+            request.peer_watermarks = Some(basis);
+        }
 
         // 4. Transmit our coverage plus our own authorship, so the peer never echoes back
         //    what we wrote ourselves.
@@ -341,7 +364,13 @@ impl Requester {
         }
         let items: Vec<&Item> = accepted.iter().map(|(i, _)| *i).collect();
         let applied = p.data.apply(&items, false).await;
-        if let Some(top) = items.iter().zip(&applied).filter(|(_, a)| a.is_ok()).map(|(i, _)| i.hlc()).max() {
+        if let Some(top) = items
+            .iter()
+            .zip(&applied)
+            .filter(|(_, a)| a.is_ok())
+            .map(|(i, _)| i.hlc())
+            .max()
+        {
             // Passed the skew guard above, so this cannot be refused.
             let _ = lock(&p.clock).receive(top, now);
         }

@@ -80,6 +80,7 @@ struct Cursor {
     stream: Stream,
     origin: NodeId,
     above: Option<Hlc>,
+    up_to: Option<Hlc>,
     buf: VecDeque<Item>,
     exhausted: bool,
     requested: usize,
@@ -106,16 +107,33 @@ impl PageSelector {
         scan_page: usize,
         cursors: impl IntoIterator<Item = (Stream, NodeId, Option<Hlc>)>,
     ) -> Self {
+        Self::bounded(
+            limit,
+            scan_page,
+            cursors
+                .into_iter()
+                .map(|(stream, origin, above)| (stream, origin, above, None)),
+        )
+    }
+
+    /// Like [`PageSelector::new`], with an optional inclusive upper bound per cursor:
+    /// versions above it are never selected.
+    pub fn bounded(
+        limit: usize,
+        scan_page: usize,
+        cursors: impl IntoIterator<Item = (Stream, NodeId, Option<Hlc>, Option<Hlc>)>,
+    ) -> Self {
         Self {
             limit,
             scan_page: scan_page.max(1),
             order: CutOrder::PerOriginVersion,
             cursors: cursors
                 .into_iter()
-                .map(|(stream, origin, above)| Cursor {
+                .map(|(stream, origin, above, up_to)| Cursor {
                     stream,
                     origin,
                     above,
+                    up_to,
                     buf: VecDeque::new(),
                     exhausted: false,
                     requested: 0,
@@ -199,7 +217,13 @@ impl PageSelector {
         if let Some(last) = items.last() {
             c.above = Some(last.hlc().clone());
         }
-        c.buf.extend(items);
+        for item in items {
+            if c.up_to.as_ref().is_some_and(|u| item.hlc() > u) {
+                c.exhausted = true;
+                break;
+            }
+            c.buf.push_back(item);
+        }
     }
 
     /// The decided page. Call after [`SelectStep::Done`].
@@ -325,9 +349,15 @@ mod tests {
     #[test]
     fn reads_only_what_the_cut_needs() {
         let mut data = BTreeMap::new();
-        data.insert(Stream::Records, (1..=10_000).map(|w| row("r", w, "n")).collect());
+        data.insert(
+            Stream::Records,
+            (1..=10_000).map(|w| row("r", w, "n")).collect(),
+        );
         let (sel, scans) = run(&data, 3, 500, CutOrder::PerOriginVersion);
         assert_eq!(sel.items.len(), 3);
-        assert_eq!(scans, 1, "one scan of limit+1 decides the page and has_more");
+        assert_eq!(
+            scans, 1,
+            "one scan of limit+1 decides the page and has_more"
+        );
     }
 }

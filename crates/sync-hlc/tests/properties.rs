@@ -13,7 +13,11 @@ fn hlc() -> impl Strategy<Value = Hlc> {
 
 /// Timestamps drawn from a small space so that equal wall times and counters are common.
 fn dense_hlc() -> impl Strategy<Value = Hlc> {
-    (0u64..20, 0u16..4, prop::sample::select(vec!["a", "b", "c", "local", "cloud"]))
+    (
+        0u64..20,
+        0u16..4,
+        prop::sample::select(vec!["a", "b", "c", "local", "cloud"]),
+    )
         .prop_map(|(w, c, n)| Hlc::new(w, c, NodeId::new(n).unwrap()).unwrap())
 }
 

@@ -138,6 +138,12 @@ pub struct ExchangeRequest {
     /// Extension: the requester's protocol version (absent from TypeScript peers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<u32>,
+    /// Extension: for each origin node whose items are shipped, the responder coverage the
+    /// requester believed when it cut the page (its copy of the last coverage report). A
+    /// responder that now covers less (it lost data since) refuses that node's items instead
+    /// of letting them cover the gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_watermarks: Option<Watermarks>,
 }
 
 /// A refused inbound item, reported back to the requester (extension).

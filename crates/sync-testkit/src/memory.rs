@@ -11,9 +11,9 @@ use std::{
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use sync_core::{
-    row_key, Applied, AppNamespace, AppRowStore, BlobError, BlobManifest, BlobStore,
-    BlobTransfer, Channel, ChannelState, ExchangeError, ExchangeTransport, RecordStore,
-    StoreError, SyncStateStore, TimeSource, Transferred,
+    row_key, AppNamespace, AppRowStore, Applied, BlobError, BlobManifest, BlobStore, BlobTransfer,
+    Channel, ChannelState, ExchangeError, ExchangeTransport, RecordStore, StoreError,
+    SyncStateStore, TimeSource, Transferred,
 };
 use sync_hlc::{ClockState, Hlc, NodeId, Watermarks};
 use sync_protocol::{AppRow, ExchangeRequest, ExchangeResponse, RowOp, SharedRecord};
@@ -79,6 +79,11 @@ impl Faults {
     /// Disarms every fault.
     pub fn heal(&self) {
         guard(&self.armed).clear();
+    }
+
+    /// Whether `point` is armed (without counting it down).
+    pub fn is_armed(&self, point: &FaultPoint) -> bool {
+        guard(&self.armed).contains_key(point)
     }
 
     /// Whether any fault is armed.
@@ -193,7 +198,11 @@ impl RecordStore for MemoryRecordStore {
         Ok(index_coverage(&guard(&self.inner).index))
     }
 
-    async fn coverage_below(&self, origin: &NodeId, below: &Hlc) -> Result<Option<Hlc>, StoreError> {
+    async fn coverage_below(
+        &self,
+        origin: &NodeId,
+        below: &Hlc,
+    ) -> Result<Option<Hlc>, StoreError> {
         if self.faults.fires(&FaultPoint::Coverage) {
             return Err(injected("coverage read"));
         }
@@ -414,7 +423,12 @@ impl AppRowStore for MemoryAppRowStore {
         Ok(out)
     }
 
-    async fn get(&self, app_id: &str, table: &str, key: &str) -> Result<Option<AppRow>, StoreError> {
+    async fn get(
+        &self,
+        app_id: &str,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<AppRow>, StoreError> {
         Ok(guard(&self.inner)
             .rows
             .get(&(app_id.to_string(), table.to_string(), key.to_string()))
@@ -468,7 +482,10 @@ impl MemorySyncState {
 
     /// A channel's state.
     pub fn get(&self, channel: &Channel) -> ChannelState {
-        guard(&self.channels).get(channel).cloned().unwrap_or_default()
+        guard(&self.channels)
+            .get(channel)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -557,7 +574,8 @@ impl MemoryBlobs {
                 source: None,
             });
         }
-        self.bytes(key).ok_or(BlobError::NotFound { key: key.into() })
+        self.bytes(key)
+            .ok_or(BlobError::NotFound { key: key.into() })
     }
 
     fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
@@ -587,7 +605,8 @@ impl BlobStore for MemoryBlobs {
 /// `sha256:`).
 pub fn expected_sha256(content_hash: &str) -> Option<String> {
     let hex = content_hash.strip_prefix("sha256:").unwrap_or(content_hash);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
 }
 
 /// SHA-256 of bytes, lower-case hex.
@@ -705,7 +724,9 @@ impl AtomicI64Wrapper {
 
 impl TimeSource for SkewedTime {
     fn now_ms(&self) -> u64 {
-        self.base.now_ms().saturating_add_signed(self.offset_ms.get())
+        self.base
+            .now_ms()
+            .saturating_add_signed(self.offset_ms.get())
     }
 }
 
