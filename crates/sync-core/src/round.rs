@@ -12,9 +12,9 @@ use sync_hlc::{Clock, Hlc, NodeId, Watermarks};
 use sync_protocol::{ExchangeRequest, Refusal, PROTOCOL_VERSION};
 
 use crate::{
-    local::channel_violation, Applied, BlobTransfer, ChannelData, ChannelState, CutOrder, Error,
-    ExchangeError, ExchangeTransport, Item, ItemKey, ItemProblem, PrefixLedger, Selection,
-    SyncStateStore, TimeSource, Transferred,
+    local::channel_violation, Applied, BlobManifest, BlobTransfer, ChannelData, ChannelState,
+    CutOrder, Error, ExchangeError, ExchangeTransport, Item, ItemKey, ItemProblem, PrefixLedger,
+    Selection, SyncStateStore, TimeSource, Transferred,
 };
 
 /// A node's clock, shared by its local writes and every channel's rounds.
@@ -192,6 +192,67 @@ enum Inbound {
     Failed(ItemProblem),
 }
 
+/// Pushes one item's blob unless its origin node already failed this round. `Err("")` means
+/// held back behind an earlier failure.
+async fn push_one(
+    transfer: Arc<dyn BlobTransfer>,
+    halted: Arc<Mutex<BTreeSet<NodeId>>>,
+    origin: NodeId,
+    manifest: Option<BlobManifest>,
+) -> Result<(), String> {
+    let Some(manifest) = manifest else {
+        return Ok(());
+    };
+    let is_halted = |h: &Mutex<BTreeSet<NodeId>>| {
+        h.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&origin)
+    };
+    if is_halted(&halted) {
+        return Err(String::new());
+    }
+    let res = transfer.push(&manifest).await.map(|_| ());
+    if res.is_err() {
+        halted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(origin.clone());
+    }
+    res.map_err(|e| e.to_string())
+}
+
+/// Pulls the blob of an item that applied (never for an LWW loser; again for a repeat
+/// delivery, which re-pulls a staged row).
+async fn pull_one(
+    transfer: Arc<dyn BlobTransfer>,
+    applied: Result<Applied, String>,
+    manifest: Option<BlobManifest>,
+) -> Inbound {
+    let written = match applied {
+        Err(msg) => return Inbound::Failed(ItemProblem::Apply(msg)),
+        Ok(Applied::Superseded) => {
+            return Inbound::Landed {
+                written: false,
+                copied: false,
+            }
+        }
+        Ok(a) => a == Applied::Written,
+    };
+    match manifest {
+        None => Inbound::Landed {
+            written,
+            copied: false,
+        },
+        Some(manifest) => match transfer.pull(&manifest).await {
+            Ok(t) => Inbound::Landed {
+                written,
+                copied: matches!(t, Transferred::Copied { .. }),
+            },
+            Err(e) => Inbound::Failed(ItemProblem::Blob(e.to_string())),
+        },
+    }
+}
+
 impl Requester {
     /// A requester over the given parts.
     pub fn new(parts: RequesterParts) -> Self {
@@ -246,32 +307,20 @@ impl Requester {
         // 3. Push blobs before their metadata, per origin node in version order. The first
         //    failed push stops that origin node for the round; others continue.
         let mut outbound = PrefixLedger::new();
-        let halted: Mutex<BTreeSet<NodeId>> = Mutex::default();
-        let pushes: Vec<Result<(), String>> = stream::iter(selection.items.iter())
+        let halted: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
+        let jobs: Vec<_> = selection
+            .items
+            .iter()
             .map(|item| {
-                let halted = &halted;
-                async move {
-                    let Some(manifest) = item.blob(files) else {
-                        return Ok(());
-                    };
-                    if halted
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .contains(item.origin())
-                    {
-                        return Err(String::new());
-                    }
-                    let res = p.transfer.push(&manifest).await.map(|_| ());
-                    if res.is_err() {
-                        let mut h = halted.lock().unwrap_or_else(|e| e.into_inner());
-                        h.insert(item.origin().clone());
-                    }
-                    res.map_err(|e| e.to_string())
-                }
+                push_one(
+                    p.transfer.clone(),
+                    halted.clone(),
+                    item.origin().clone(),
+                    item.blob(files),
+                )
             })
-            .buffered(conc)
-            .collect()
-            .await;
+            .collect();
+        let pushes: Vec<Result<(), String>> = stream::iter(jobs).buffered(conc).collect().await;
         for (item, pushed) in selection.items.iter().zip(pushes) {
             match pushed {
                 Ok(()) => outbound.landed(item.hlc()),
@@ -374,35 +423,12 @@ impl Requester {
             // Passed the skew guard above, so this cannot be refused.
             let _ = lock(&p.clock).receive(top, now);
         }
-        let outcomes: Vec<Inbound> = stream::iter(items.iter().zip(applied))
-            .map(|(item, applied)| async move {
-                let written = match applied {
-                    Err(msg) => return Inbound::Failed(ItemProblem::Apply(msg)),
-                    Ok(Applied::Superseded) => {
-                        return Inbound::Landed {
-                            written: false,
-                            copied: false,
-                        }
-                    }
-                    Ok(a) => a == Applied::Written,
-                };
-                match item.blob(files) {
-                    None => Inbound::Landed {
-                        written,
-                        copied: false,
-                    },
-                    Some(manifest) => match p.transfer.pull(&manifest).await {
-                        Ok(t) => Inbound::Landed {
-                            written,
-                            copied: matches!(t, Transferred::Copied { .. }),
-                        },
-                        Err(e) => Inbound::Failed(ItemProblem::Blob(e.to_string())),
-                    },
-                }
-            })
-            .buffered(conc)
-            .collect()
-            .await;
+        let jobs: Vec<_> = items
+            .iter()
+            .zip(applied)
+            .map(|(item, applied)| pull_one(p.transfer.clone(), applied, item.blob(files)))
+            .collect();
+        let outcomes: Vec<Inbound> = stream::iter(jobs).buffered(conc).collect().await;
         for ((item, key), outcome) in accepted.into_iter().zip(outcomes) {
             match outcome {
                 Inbound::Landed { written, copied } => {
@@ -461,10 +487,21 @@ impl Requester {
     /// only retried failing items (stalled), or after `max_rounds`. Errors end the loop;
     /// retrying with backoff is the caller's choice.
     pub async fn sync_until_idle(&self, max_rounds: usize) -> Result<SyncSummary, Error> {
+        self.sync_until_idle_with(max_rounds, |_| {}).await
+    }
+
+    /// [`Requester::sync_until_idle`], calling `on_round` after every round (its state is
+    /// persisted by then).
+    pub async fn sync_until_idle_with(
+        &self,
+        max_rounds: usize,
+        mut on_round: impl FnMut(&RoundReport) + Send,
+    ) -> Result<SyncSummary, Error> {
         let mut summary = SyncSummary::default();
         let mut stalled_rounds = 0;
         while summary.rounds < max_rounds {
             let r = self.exchange().await?;
+            on_round(&r);
             summary.rounds += 1;
             summary.applied += r.applied;
             summary.shipped += r.shipped;
