@@ -2,11 +2,12 @@
 //!
 //! The binary (`src/main.rs`) parses the command line; the pieces that tests also use live
 //! here: the golden wire fixtures ([`fixtures`]), the purity check of the core crates
-//! ([`tidy`]) and the throwaway PostgreSQL server that `cargo xtask test` starts
-//! ([`postgres`]). See `docs/testing.md` for how they fit together.
+//! ([`tidy`]) and the throwaway PostgreSQL and S3-compatible servers that `cargo xtask test`
+//! starts ([`postgres`], [`s3`]). See `docs/testing.md` for how they fit together.
 
 pub mod fixtures;
 pub mod postgres;
+pub mod s3;
 pub mod tidy;
 
 use std::{

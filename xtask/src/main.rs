@@ -11,13 +11,14 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xtask::{cargo, fixtures, postgres, run, tidy, workspace_root};
+use xtask::{cargo, fixtures, postgres, run, s3, tidy, workspace_root};
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  test [-- <cargo test args>]   start PostgreSQL on loopback, run `cargo test --workspace`, stop it
+  test [-- <cargo test args>]   start PostgreSQL and an S3-compatible server on loopback,
+                                run `cargo test --workspace`, stop them
   sim --seeds N [--seed S] [-- <cargo test args>]
                                 run the seeded simulation (sync-testkit) over N seeds from S
                                 (default 0); `--seed S` alone replays seed S
@@ -95,6 +96,9 @@ fn test(cargo_args: &[String]) -> Result<()> {
         signal_hook::flag::register(*signal, Arc::clone(&interrupted))?;
     }
 
+    // The S3-compatible server first: its one-time install takes minutes, and PostgreSQL
+    // need not idle through it.
+    let object_store = start_s3()?;
     let server = start_postgres()?;
     if interrupted.load(Ordering::SeqCst) {
         bail!("interrupted");
@@ -113,13 +117,47 @@ fn test(cargo_args: &[String]) -> Result<()> {
     if let Some(pg) = &server {
         cmd.env(postgres::URL_VAR, pg.url());
     }
+    if let Some(s3) = &object_store {
+        cmd.envs(s3.env());
+    }
     let tests = run(&mut cmd);
     let stopped = server.map_or(Ok(()), postgres::TestPostgres::stop);
+    let s3_stopped = object_store.map_or(Ok(()), s3::TestS3::stop);
     if interrupted.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
     tests?;
-    stopped.context("the tests passed, but PostgreSQL did not stop cleanly")
+    stopped.context("the tests passed, but PostgreSQL did not stop cleanly")?;
+    s3_stopped.context("the tests passed, but the S3-compatible server did not stop cleanly")
+}
+
+/// Installs (once, into `.tools/`) and starts the S3-compatible server, unless the
+/// environment already names one or (outside CI) it cannot be installed: `None` then.
+fn start_s3() -> Result<Option<s3::TestS3>> {
+    if std::env::var_os(s3::ENDPOINT_VAR).is_some() {
+        eprintln!(
+            "xtask: using the S3-compatible server named by {} from the environment",
+            s3::ENDPOINT_VAR
+        );
+        return Ok(None);
+    }
+    let bin = match s3::install(&workspace_root()) {
+        Ok(bin) => bin,
+        Err(e) if !xtask::in_ci() => {
+            eprintln!("\n{banner}\nxtask: WARNING: cannot install s3s-fs: {e:#}.\nxtask: WARNING: running WITHOUT {var}: the S3 blob tests will be skipped.\n{banner}\n",
+                banner = "!".repeat(78), var = s3::ENDPOINT_VAR);
+            return Ok(None);
+        }
+        Err(e) => return Err(e.context("CI must run the S3 blob tests")),
+    };
+    let server = s3::TestS3::start(&bin).context("cannot start s3s-fs")?;
+    eprintln!(
+        "xtask: s3s-fs {} on {}, bucket {}",
+        s3::VERSION,
+        server.endpoint(),
+        s3::BUCKET
+    );
+    Ok(Some(server))
 }
 
 /// Starts the throwaway PostgreSQL, unless the environment already names a server or (outside

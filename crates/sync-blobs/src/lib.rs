@@ -1,0 +1,21 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod gc;
+mod key;
+mod mover;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod transfer;
+
+pub use error::Error;
+pub use gc::{collect_garbage, residency, GcReport};
+pub use key::{key_in_namespace, validate_key, MAX_KEY_BYTES};
+pub use mover::{BlobMover, DEFAULT_MAX_TRANSFERS};
+pub use store::{ObjectBlobs, S3Config};
+pub use transfer::{expected_sha256, transfer, MAX_PARTS_IN_FLIGHT, PART_SIZE};
+
+/// The object_store version this crate is built on, for implementing or constructing stores
+/// ([`ObjectBlobs::new`]) with the same trait.
+pub use object_store;

@@ -1,0 +1,340 @@
+//! [`ObjectBlobs`]: one object storage behind the blob port, whatever the backend.
+
+use std::{fmt, path::Path as FsPath, sync::Arc};
+
+use async_trait::async_trait;
+use object_store::{
+    aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path, ObjectStore,
+    ObjectStoreExt, RetryConfig,
+};
+use sync_core::{BlobError, BlobStore};
+
+use crate::{
+    error::{classify, Error},
+    key::object_path,
+};
+
+/// One object storage (local directory, S3 bucket, memory, the peer's `/files` routes, ...)
+/// seen as blob storage. Cheap to clone: clones share the store.
+///
+/// Every backend is an `Arc<dyn ObjectStore>`, so blobs take one code path whatever the
+/// backend; the HTTP peer client plugs in through [`ObjectBlobs::new`].
+#[derive(Clone)]
+pub struct ObjectBlobs {
+    store: Arc<dyn ObjectStore>,
+    content_type: bool,
+}
+
+impl ObjectBlobs {
+    /// Wraps any object store (for example the HTTP client of a peer's `/files` routes).
+    ///
+    /// Blobs are written with their MIME type as `Content-Type`; use
+    /// [`without_content_type`](Self::without_content_type) for a store that keeps no
+    /// attributes.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            store,
+            content_type: true,
+        }
+    }
+
+    /// Blobs as files under `root` (created if missing): the embedded default.
+    ///
+    /// Uploads are written to a temporary file next to their destination and renamed into
+    /// place when complete, so a reader never sees a partial blob.
+    pub fn filesystem(root: impl AsRef<FsPath>) -> Result<Self, Error> {
+        let root = root.as_ref();
+        std::fs::create_dir_all(root).map_err(|source| Error::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(root)
+            .map_err(|e| {
+                Error::config(
+                    format!("cannot use {} for blobs", root.display()),
+                    Some(Box::new(e)),
+                )
+            })?
+            // Deleting the last blob of a directory removes the directory too.
+            .with_automatic_cleanup(true);
+        // The local filesystem keeps no attributes (it refuses a put that carries some).
+        Ok(Self::new(Arc::new(fs)).without_content_type())
+    }
+
+    /// Blobs in memory (tests, throwaway nodes).
+    pub fn memory() -> Self {
+        Self::new(Arc::new(InMemory::new()))
+    }
+
+    /// Blobs in an S3 bucket (any S3-compatible server).
+    pub fn s3(config: S3Config) -> Result<Self, Error> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_access_key_id(&config.access_key_id)
+            .with_secret_access_key(&config.secret_access_key)
+            .with_allow_http(config.allow_http)
+            // Path-style requests (`endpoint/bucket/key`): what S3-compatible servers expect.
+            .with_virtual_hosted_style_request(false);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(max_retries) = config.max_retries {
+            builder = builder.with_retry(RetryConfig {
+                max_retries,
+                ..RetryConfig::default()
+            });
+        }
+        let s3 = builder.build().map_err(|e| {
+            Error::config(
+                format!("cannot use S3 bucket {:?}", config.bucket),
+                Some(Box::new(e)),
+            )
+        })?;
+        Ok(Self::new(Arc::new(s3)))
+    }
+
+    /// Stops writing the MIME type as an attribute (for stores that refuse attributes).
+    pub fn without_content_type(mut self) -> Self {
+        self.content_type = false;
+        self
+    }
+
+    /// Whether blobs are written with their MIME type as `Content-Type`.
+    pub fn writes_content_type(&self) -> bool {
+        self.content_type
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// One HEAD: whether the object at `path` exists.
+    pub(crate) async fn exists(&self, key: &str, path: &Path) -> Result<bool, BlobError> {
+        match self.store.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(classify(key, "existence check", e)),
+        }
+    }
+}
+
+impl fmt::Debug for ObjectBlobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectBlobs")
+            .field("store", &format_args!("{}", self.store))
+            .field("content_type", &self.content_type)
+            .finish()
+    }
+}
+
+impl fmt::Display for ObjectBlobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.store, f)
+    }
+}
+
+#[async_trait]
+impl BlobStore for ObjectBlobs {
+    async fn contains(&self, key: &str) -> Result<bool, BlobError> {
+        let path = object_path(key)?;
+        self.exists(key, &path).await
+    }
+}
+
+/// Where and how to reach an S3 bucket: static credentials, path-style requests.
+///
+/// ```
+/// use sync_blobs::S3Config;
+///
+/// let config = S3Config::new("blobs", "AKIA...", "s3cr3t")
+///     .with_endpoint("http://127.0.0.1:9000")
+///     .with_allow_http(true);
+/// assert_eq!(config.region, "us-east-1");
+/// assert!(!format!("{config:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Endpoint URL of an S3-compatible server (`None`: AWS itself).
+    pub endpoint: Option<String>,
+    /// Region (`us-east-1` unless set; most S3-compatible servers ignore it).
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Whether a plain `http://` endpoint is allowed.
+    pub allow_http: bool,
+    /// Retries of a failed request within one operation (`None`: object_store's default,
+    /// 10 within 3 minutes). A failed transfer is retried next round anyway.
+    pub max_retries: Option<usize>,
+}
+
+impl S3Config {
+    /// A bucket on AWS in `us-east-1` with static credentials.
+    pub fn new(
+        bucket: impl Into<String>,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            bucket: bucket.into(),
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: access_key_id.into(),
+            secret_access_key: secret_access_key.into(),
+            allow_http: false,
+            max_retries: None,
+        }
+    }
+
+    /// Reads the usual variables for `bucket`: `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` (required), `AWS_ENDPOINT_URL` or `AWS_ENDPOINT`,
+    /// `AWS_REGION` or `AWS_DEFAULT_REGION`, and `AWS_ALLOW_HTTP` (`true`/`1`).
+    pub fn from_env(bucket: impl Into<String>) -> Result<Self, Error> {
+        Self::from_lookup(bucket.into(), |name| std::env::var(name).ok())
+    }
+
+    fn from_lookup(bucket: String, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let first = |names: &[&str]| names.iter().find_map(|n| var(n).filter(|v| !v.is_empty()));
+        let required = |name: &str| {
+            first(&[name]).ok_or_else(|| {
+                Error::config(
+                    format!("{name} is not set; export it to reach S3 bucket {bucket:?}"),
+                    None,
+                )
+            })
+        };
+        let mut config = S3Config::new(
+            bucket.clone(),
+            required("AWS_ACCESS_KEY_ID")?,
+            required("AWS_SECRET_ACCESS_KEY")?,
+        );
+        config.endpoint = first(&["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]);
+        if let Some(region) = first(&["AWS_REGION", "AWS_DEFAULT_REGION"]) {
+            config.region = region;
+        }
+        config.allow_http =
+            first(&["AWS_ALLOW_HTTP"]).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        Ok(config)
+    }
+
+    /// Sets the endpoint of an S3-compatible server.
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Sets the region.
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// Allows (or forbids) a plain `http://` endpoint.
+    pub fn with_allow_http(mut self, allow: bool) -> Self {
+        self.allow_http = allow;
+        self
+    }
+
+    /// Sets how often one request is retried before the operation fails.
+    pub fn with_max_retries(mut self, retries: usize) -> Self {
+        self.max_retries = Some(retries);
+        self
+    }
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("allow_http", &self.allow_http)
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    #[test]
+    fn s3_config_from_environment() {
+        let config = S3Config::from_lookup(
+            "b".into(),
+            lookup(&[
+                ("AWS_ACCESS_KEY_ID", "id"),
+                ("AWS_SECRET_ACCESS_KEY", "key"),
+                ("AWS_ENDPOINT", "http://127.0.0.1:1"),
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+                ("AWS_ALLOW_HTTP", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config,
+            S3Config::new("b", "id", "key")
+                .with_endpoint("http://127.0.0.1:1")
+                .with_region("eu-west-1")
+                .with_allow_http(true)
+        );
+        let preferred = S3Config::from_lookup(
+            "b".into(),
+            lookup(&[
+                ("AWS_ACCESS_KEY_ID", "id"),
+                ("AWS_SECRET_ACCESS_KEY", "key"),
+                ("AWS_ENDPOINT_URL", "http://a"),
+                ("AWS_ENDPOINT", "http://b"),
+                ("AWS_REGION", "r1"),
+                ("AWS_DEFAULT_REGION", "r2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(preferred.endpoint.as_deref(), Some("http://a"));
+        assert_eq!(preferred.region, "r1");
+        assert!(!preferred.allow_http);
+    }
+
+    #[test]
+    fn s3_config_names_the_missing_variable() {
+        let err =
+            S3Config::from_lookup("b".into(), lookup(&[("AWS_ACCESS_KEY_ID", "id")])).unwrap_err();
+        assert!(err.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+    }
+
+    #[test]
+    fn filesystem_creates_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a/b");
+        let blobs = ObjectBlobs::filesystem(&root).unwrap();
+        assert!(root.is_dir());
+        assert!(!blobs.writes_content_type());
+    }
+
+    #[test]
+    fn filesystem_reports_an_unusable_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = ObjectBlobs::filesystem(file.join("sub")).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    }
+}
