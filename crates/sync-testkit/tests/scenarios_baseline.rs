@@ -125,9 +125,10 @@ fn bl10_without_persisted_state_rounds_reship_harmlessly() {
     p.cloud.put_record("C", Some(b"c"));
     assert_eq!(ash(&p.round()), (1, 1, false));
     p.local.state.reset(&p.channel);
-    // Adjusted: L re-ships both records (it holds C's too), C keeps them by LWW; C returns
-    // its record again, which L keeps (not counted).
-    assert_eq!(ash(&p.round()), (0, 2, false));
+    // Adjusted: L re-ships only its own record; C's record it relays only within its own
+    // contiguous prefix of C, which the reset forgot (decision 0001). C returns its record
+    // again, which L keeps (not counted).
+    assert_eq!(ash(&p.round()), (0, 1, false));
     assert_eq!(p.cloud.records.all().len(), 2);
     assert_eq!(p.local.records.all().len(), 2);
 }
