@@ -1,0 +1,10 @@
+#![doc = include_str!("../README.md")]
+
+mod codec;
+mod error;
+mod records;
+mod rows;
+mod state;
+mod store;
+
+pub use store::{PostgresOptions, PostgresStore, QueryPlan};

@@ -1,0 +1,236 @@
+//! Shared records: `shared_records`, indexed on `(node_id, hlc)`.
+
+use async_trait::async_trait;
+use sqlx::postgres::PgRow;
+use sync_core::{Applied, RecordStore, StoreError};
+use sync_hlc::{Hlc, NodeId, Watermarks};
+use sync_protocol::SharedRecord;
+
+use crate::{
+    codec::{col, parse_hlc, parse_opt_hlc},
+    error::{db_error, to_i64, to_u64},
+    PostgresStore,
+};
+
+/// The columns a record is read from, in [`record_from_row`] order.
+macro_rules! record_columns {
+    () => {
+        "id, kind, record_type, created_at, hlc, deleted_at, version, content_hash, \
+         object_storage_key, mime_type, size_bytes, original_filename, origin_app_id, \
+         parent_id, label"
+    };
+}
+
+/// Last-write-wins as one conditional upsert: the stored row changes only when the offered
+/// version is higher (the string form orders like the timestamps, ties by node id). Under
+/// concurrent writers `ON CONFLICT` locks the existing row and evaluates the condition
+/// against its latest committed version, so the maximum wins whatever the interleaving.
+const UPSERT: &str = "\
+INSERT INTO shared_records (id, kind, record_type, created_at, hlc, node_id, deleted_at, \
+    version, content_hash, object_storage_key, mime_type, size_bytes, original_filename, \
+    origin_app_id, parent_id, label) \
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+ON CONFLICT (id) DO UPDATE SET \
+    kind = excluded.kind, record_type = excluded.record_type, \
+    created_at = excluded.created_at, hlc = excluded.hlc, node_id = excluded.node_id, \
+    deleted_at = excluded.deleted_at, version = excluded.version, \
+    content_hash = excluded.content_hash, object_storage_key = excluded.object_storage_key, \
+    mime_type = excluded.mime_type, size_bytes = excluded.size_bytes, \
+    original_filename = excluded.original_filename, origin_app_id = excluded.origin_app_id, \
+    parent_id = excluded.parent_id, label = excluded.label \
+WHERE excluded.hlc > shared_records.hlc";
+
+/// The stored version of one record, after an upsert that changed nothing (which still
+/// locked the row, so it cannot move before the transaction ends).
+const VERSION: &str = "SELECT hlc FROM shared_records WHERE id = $1";
+
+const GET: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM shared_records WHERE id = $1"
+);
+
+/// One origin's records above a version, in version order, through the index.
+pub(crate) const SCAN: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM shared_records WHERE node_id = $1 AND hlc > $2 ORDER BY hlc LIMIT $3"
+);
+
+/// Per origin node, the highest stored version. A plain `GROUP BY node_id` reads the whole
+/// index (O(rows)); this walks it as a loose index scan instead: one index probe to find each
+/// next origin node and one to read its maximum, so the cost is O(nodes · log rows).
+pub(crate) const COVERAGE: &str = "\
+WITH RECURSIVE origins (node_id) AS ( \
+    SELECT MIN(node_id) FROM shared_records \
+    UNION ALL \
+    SELECT (SELECT MIN(s.node_id) FROM shared_records AS s WHERE s.node_id > origins.node_id) \
+    FROM origins WHERE origins.node_id IS NOT NULL \
+) \
+SELECT (SELECT MAX(s.hlc) FROM shared_records AS s WHERE s.node_id = origins.node_id) \
+FROM origins WHERE origins.node_id IS NOT NULL";
+
+pub(crate) const COVERAGE_BELOW: &str =
+    "SELECT MAX(hlc) FROM shared_records WHERE node_id = $1 AND hlc < $2";
+
+fn record_from_row(row: &PgRow) -> Result<SharedRecord, StoreError> {
+    Ok(SharedRecord {
+        id: col(row, 0)?,
+        kind: col(row, 1)?,
+        record_type: col(row, 2)?,
+        created_at: parse_hlc("record created_at", &col::<String>(row, 3)?)?,
+        updated_at: parse_hlc("record version", &col::<String>(row, 4)?)?,
+        deleted_at: parse_opt_hlc("record deleted_at", col(row, 5)?)?,
+        version: to_u64("record version number", col(row, 6)?)?,
+        content_hash: col(row, 7)?,
+        object_storage_key: col(row, 8)?,
+        mime_type: col(row, 9)?,
+        size_bytes: to_u64("record size_bytes", col(row, 10)?)?,
+        original_filename: col(row, 11)?,
+        origin_app_id: col(row, 12)?,
+        parent_id: col(row, 13)?,
+        label: col(row, 14)?,
+    })
+}
+
+/// The highest versions, one per origin node, as read by a coverage query.
+pub(crate) fn watermarks(tops: Vec<Option<String>>) -> Result<Watermarks, StoreError> {
+    tops.into_iter()
+        .flatten()
+        .map(|top| parse_hlc("coverage", &top))
+        .collect()
+}
+
+/// A scan limit as PostgreSQL takes it.
+pub(crate) fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// What a scan's lower bound is bound as: nothing sorts below the empty string.
+pub(crate) fn sql_above(above: Option<&Hlc>) -> String {
+    above.map(Hlc::to_string).unwrap_or_default()
+}
+
+/// The order to write a batch in: by key, so concurrent batches lock rows in one global
+/// order and cannot deadlock. The sort is stable, so repeats of one key keep their batch
+/// order and get the same outcomes as applying the batch front to back.
+pub(crate) fn write_order<K: Ord>(keys: &[K]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+    order
+}
+
+#[async_trait]
+impl RecordStore for PostgresStore {
+    async fn coverage(&self) -> Result<Watermarks, StoreError> {
+        let tops: Vec<Option<String>> = sqlx::query_scalar(COVERAGE)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("reading record coverage", e))?;
+        watermarks(tops)
+    }
+
+    async fn coverage_below(
+        &self,
+        origin: &NodeId,
+        below: &Hlc,
+    ) -> Result<Option<Hlc>, StoreError> {
+        let top: Option<String> = sqlx::query_scalar(COVERAGE_BELOW)
+            .bind(origin.as_str())
+            .bind(below.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("reading record coverage", e))?;
+        top.map(|t| parse_hlc("coverage", &t)).transpose()
+    }
+
+    async fn scan(
+        &self,
+        origin: &NodeId,
+        above: Option<&Hlc>,
+        limit: usize,
+    ) -> Result<Vec<SharedRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(SCAN)
+            .bind(origin.as_str())
+            .bind(sql_above(above))
+            .bind(sql_limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("scanning shared records", e))?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn apply(&self, records: &[SharedRecord]) -> Result<Vec<Applied>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        const DOING: &str = "applying shared records";
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        // One transaction per batch: on any error it is dropped unfinished and rolls back.
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(DOING, e))?;
+        let mut out = vec![Applied::Kept; records.len()];
+        for i in write_order(&ids) {
+            let r = &records[i];
+            let version = r.updated_at.to_string();
+            let done = sqlx::query(UPSERT)
+                .bind(&r.id)
+                .bind(&r.kind)
+                .bind(&r.record_type)
+                .bind(r.created_at.to_string())
+                .bind(&version)
+                .bind(r.origin().as_str())
+                .bind(r.deleted_at.as_ref().map(Hlc::to_string))
+                .bind(to_i64("record version number", r.version)?)
+                .bind(&r.content_hash)
+                .bind(&r.object_storage_key)
+                .bind(&r.mime_type)
+                .bind(to_i64("record size_bytes", r.size_bytes)?)
+                .bind(&r.original_filename)
+                .bind(&r.origin_app_id)
+                .bind(&r.parent_id)
+                .bind(&r.label)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(DOING, e))?;
+            out[i] = if done.rows_affected() > 0 {
+                Applied::Written
+            } else {
+                let stored: String = sqlx::query_scalar(VERSION)
+                    .bind(&r.id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| db_error(DOING, e))?;
+                if stored == version {
+                    Applied::Kept
+                } else {
+                    Applied::Superseded
+                }
+            };
+        }
+        tx.commit().await.map_err(|e| db_error(DOING, e))?;
+        Ok(out)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<SharedRecord>, StoreError> {
+        let row = sqlx::query(GET)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("reading a shared record", e))?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_order;
+
+    #[test]
+    fn write_order_is_by_key_and_stable() {
+        assert_eq!(write_order(&["b", "a", "b", "a"]), [1, 3, 0, 2]);
+        assert_eq!(write_order::<&str>(&[]), Vec::<usize>::new());
+    }
+}
