@@ -1,0 +1,10 @@
+//! sync-http over real loopback HTTP: rounds, every status code, blobs, TypeScript
+//! compatibility, graceful shutdown, and a property test of the service.
+
+mod blobs;
+mod common;
+mod fuzz;
+mod rounds;
+mod shutdown;
+mod statuses;
+mod ts_compat;
