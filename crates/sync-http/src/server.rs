@@ -85,6 +85,9 @@ pub struct ServerConfig {
     /// Signatures remembered to refuse replays (default 100,000). When full of signatures
     /// still inside the window, new signed requests get 503 until some expire.
     pub replay_cache_capacity: usize,
+    /// Whether uploads are stored with their `Content-Type` (default true). Turn it off for
+    /// stores that keep no attributes, such as the local filesystem.
+    pub store_content_type: bool,
 }
 
 impl Default for ServerConfig {
@@ -96,11 +99,19 @@ impl Default for ServerConfig {
             max_concurrent_exchanges: 64,
             signature_window: Duration::from_secs(300),
             replay_cache_capacity: 100_000,
+            store_content_type: true,
         }
     }
 }
 
 impl ServerConfig {
+    /// Sets whether uploads keep their `Content-Type`.
+    #[must_use]
+    pub fn with_store_content_type(mut self, store: bool) -> Self {
+        self.store_content_type = store;
+        self
+    }
+
     /// Sets the exchange body cap.
     #[must_use]
     pub fn with_exchange_body_limit(mut self, bytes: usize) -> Self {
@@ -822,6 +833,7 @@ impl Inner {
         if let Some(ct) = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
+            .filter(|_| self.config.store_content_type)
         {
             attributes.insert(Attribute::ContentType, AttributeValue::from(ct.to_string()));
         }

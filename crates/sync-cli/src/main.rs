@@ -1,0 +1,53 @@
+//! `starkeep-sync`: serve, sync and inspect a Starkeep node from the command line.
+
+mod cli;
+mod demo;
+mod files;
+mod node;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes a script can rely on.
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// Failed (the message says why and how to fix it).
+    pub const FAILURE: u8 = 1;
+    /// Bad usage (clap's own code for bad flags).
+    pub const USAGE: u8 = 2;
+    /// Sync ran but items keep failing (stalled) or did not finish.
+    pub const INCOMPLETE: u8 = 3;
+    /// The server refused the credentials.
+    pub const UNAUTHORIZED: u8 = 4;
+}
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::exit_code_of(&e))
+        }
+    }
+}

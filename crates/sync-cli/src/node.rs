@@ -1,0 +1,152 @@
+//! A node's home directory: its configuration, database, blobs, and engines.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sync_blobs::{BlobMover, ObjectBlobs};
+use sync_engine::{
+    core::{AppRowStore, RoundConfig, SharedClock},
+    AppNamespace, Channel, Engine, Notifier,
+};
+use sync_http::{Auth, HttpClient};
+use sync_sqlite::SqliteStore;
+
+/// `config.json` in a node's home.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeConfig {
+    /// This node's id.
+    pub node_id: String,
+    /// The server's base URL.
+    pub server: String,
+    /// The bearer token.
+    pub token: String,
+    /// App namespaces this node syncs.
+    #[serde(default)]
+    pub apps: Vec<AppNamespace>,
+}
+
+/// An opened node.
+pub struct Node {
+    pub config: NodeConfig,
+    pub home: PathBuf,
+    pub store: SqliteStore,
+    pub blobs: ObjectBlobs,
+    pub client: HttpClient,
+    pub notifier: Notifier,
+    clock: std::sync::Mutex<Option<SharedClock>>,
+}
+
+/// Options for the engines of a command.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Page limit override.
+    pub page_limit: Option<usize>,
+}
+
+impl Node {
+    /// Creates a node home, registers its apps, and writes its configuration.
+    pub async fn init(home: &Path, config: NodeConfig) -> Result<()> {
+        let config_path = home.join("config.json");
+        if config_path.exists() {
+            bail!(
+                "{} already holds a node; use another --home, or delete {} to start over",
+                home.display(),
+                config_path.display()
+            );
+        }
+        sync_engine::hlc::NodeId::new(&config.node_id)
+            .with_context(|| "--node-id: use 1..=64 ASCII letters, digits, '-', '_' or '.'")?;
+        std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+        let store = SqliteStore::open(home.join("node.db")).await?;
+        for ns in &config.apps {
+            store
+                .register(ns.clone())
+                .await
+                .with_context(|| format!("registering app {}", ns.app_id))?;
+        }
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        Ok(())
+    }
+
+    /// Opens the node in `home`.
+    pub async fn open(home: &Path) -> Result<Node> {
+        let config_path = home.join("config.json");
+        let bytes = std::fs::read(&config_path).with_context(|| {
+            format!(
+                "no node in {}: run `starkeep-sync init --node-id ID --server URL --token SECRET` \
+                 first (or pass --home / set STARKEEP_SYNC_HOME)",
+                home.display()
+            )
+        })?;
+        let config: NodeConfig = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is not a valid node configuration",
+                config_path.display()
+            )
+        })?;
+        let store = SqliteStore::open(home.join("node.db")).await?;
+        let blobs = ObjectBlobs::filesystem(home.join("blobs"))?;
+        let client = HttpClient::new(config.server.clone(), Auth::bearer(config.token.clone()))
+            .with_context(|| format!("the configured server URL {:?}", config.server))?;
+        Ok(Node {
+            config,
+            home: home.to_path_buf(),
+            store,
+            blobs,
+            client,
+            notifier: Notifier::new(),
+            clock: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Every channel this node syncs: Drive, then each app.
+    pub fn channels(&self) -> Vec<Channel> {
+        std::iter::once(Channel::Drive)
+            .chain(
+                self.config
+                    .apps
+                    .iter()
+                    .map(|a| Channel::App(a.app_id.clone())),
+            )
+            .collect()
+    }
+
+    /// The namespace of `app`, if this node syncs it.
+    pub fn app(&self, app: &str) -> Result<&AppNamespace> {
+        self.config
+            .apps
+            .iter()
+            .find(|a| a.app_id == app)
+            .with_context(|| format!("this node does not sync app {app:?}; add it with `init --app {app}` on a new home, or edit config.json"))
+    }
+
+    /// The engine of one channel (engines of one node share its clock).
+    pub async fn engine(&self, channel: Channel, options: &EngineOptions) -> Result<Engine> {
+        let remote = ObjectBlobs::new(Arc::new(self.client.object_store(channel.clone())));
+        let mut builder = Engine::builder(&self.config.node_id, channel.clone())?
+            .records(Arc::new(self.store.clone()))
+            .app_rows(Arc::new(self.store.clone()))
+            .state(Arc::new(self.store.clone()))
+            .blob_transfer(Arc::new(BlobMover::new(self.blobs.clone(), remote)))
+            .transport(Arc::new(self.client.transport(channel)))
+            .notifier(self.notifier.clone());
+        if let Some(n) = options.page_limit {
+            builder = builder.page_limit(n);
+        } else {
+            builder = builder.page_limit(RoundConfig::default().page_limit);
+        }
+        let shared = self.clock.lock().expect("clock slot").clone();
+        if let Some(clock) = shared {
+            builder = builder.clock(clock);
+        }
+        let engine = builder.build().await?;
+        *self.clock.lock().expect("clock slot") = Some(engine.clock());
+        Ok(engine)
+    }
+}

@@ -1,0 +1,229 @@
+//! The HTTP responder on the embedded default (SQLite + files) or on PostgreSQL + S3.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context, Result};
+use sync_blobs::{ObjectBlobs, S3Config};
+use sync_engine::{
+    core::{
+        AppRowStore, BlobStore, ChannelData, ExchangeTransport, RecordStore, Responder,
+        ResponderConfig, ResponderParts,
+    },
+    hlc::{Clock, ClockConfig, NodeId},
+    AppNamespace, Channel, SystemClock,
+};
+use sync_http::{Scope, ServerConfig, SyncService};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// Where the server keeps its data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// SQLite and a blob directory under one data directory.
+    Embedded { data: PathBuf },
+    /// PostgreSQL and an S3 bucket, shareable by several servers.
+    ScaleOut { database: String, bucket: S3Config },
+}
+
+/// What a server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    pub storage: Storage,
+    /// Bearer tokens and their scopes.
+    pub tokens: Vec<(String, Scope)>,
+    /// App namespaces to register before serving.
+    pub apps: Vec<AppNamespace>,
+    /// Largest page a request may ask for.
+    pub max_limit: usize,
+    /// Largest exchange body, in bytes.
+    pub exchange_body_limit: usize,
+}
+
+/// A started server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub records: Arc<dyn RecordStore>,
+    pub rows: Arc<dyn AppRowStore>,
+    pub blobs: ObjectBlobs,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), sync_http::Error>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, finishes in-flight requests, and returns.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.context("the server task")??;
+        Ok(())
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails) or Ctrl-C.
+    pub async fn run_until_ctrl_c(self) -> Result<()> {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down: finishing in-flight requests");
+        self.stop().await
+    }
+}
+
+fn server_node_id(data: Option<&PathBuf>) -> Result<NodeId> {
+    let fresh = || format!("cloud-{}", crate::files::new_id().to_ascii_lowercase());
+    let id = match data {
+        Some(dir) => {
+            let path = dir.join("node-id");
+            match std::fs::read_to_string(&path) {
+                Ok(s) => s.trim().to_string(),
+                Err(_) => {
+                    let id = fresh();
+                    std::fs::write(&path, &id)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    id
+                }
+            }
+        }
+        // Servers sharing one database each have their own clock id.
+        None => fresh(),
+    };
+    Ok(NodeId::new(id)?)
+}
+
+/// Starts serving; returns once the listener is bound.
+pub async fn start(options: ServerOptions) -> Result<RunningServer> {
+    let (records, rows, state_dir, blobs): (Arc<dyn RecordStore>, Arc<dyn AppRowStore>, _, _) =
+        match &options.storage {
+            Storage::Embedded { data } => {
+                std::fs::create_dir_all(data)
+                    .with_context(|| format!("creating the data directory {}", data.display()))?;
+                let store = sync_sqlite::SqliteStore::open(data.join("server.db")).await?;
+                let blobs = ObjectBlobs::filesystem(data.join("blobs"))?;
+                (
+                    Arc::new(store.clone()),
+                    Arc::new(store),
+                    Some(data.clone()),
+                    blobs,
+                )
+            }
+            Storage::ScaleOut { database, bucket } => {
+                let store = sync_postgres::PostgresStore::connect(database)
+                    .await
+                    .context("connecting to PostgreSQL (check --database)")?;
+                let blobs = ObjectBlobs::s3(bucket.clone()).context("opening the S3 bucket")?;
+                (Arc::new(store.clone()), Arc::new(store), None, blobs)
+            }
+        };
+    for ns in &options.apps {
+        rows.register(ns.clone())
+            .await
+            .with_context(|| format!("registering app {}", ns.app_id))?;
+    }
+    let node = server_node_id(state_dir.as_ref())?;
+    let clock = Arc::new(Mutex::new(Clock::new(node, ClockConfig::default())));
+    let blob_check: Arc<dyn BlobStore> = Arc::new(blobs.clone());
+    let config = ResponderConfig::default().with_max_limit(options.max_limit);
+    let mut responders: HashMap<Channel, Arc<dyn ExchangeTransport>> = HashMap::new();
+    let channels = std::iter::once(Channel::Drive)
+        .chain(options.apps.iter().map(|a| Channel::App(a.app_id.clone())));
+    for channel in channels {
+        let responder = Responder::new(ResponderParts {
+            data: ChannelData::new(channel.clone(), Some(records.clone()), Some(rows.clone())),
+            blobs: blob_check.clone(),
+            clock: clock.clone(),
+            time: Arc::new(SystemClock),
+            config: config.clone(),
+        });
+        responders.insert(channel, Arc::new(responder));
+    }
+    if options.tokens.is_empty() {
+        bail!("no access token configured; pass --token SECRET[:SCOPES]");
+    }
+    let mut service = SyncService::builder(responders, blobs.object_store().clone()).config(
+        ServerConfig::default()
+            .with_exchange_body_limit(options.exchange_body_limit)
+            .with_store_content_type(blobs.writes_content_type()),
+    );
+    for (token, scope) in &options.tokens {
+        service = service.bearer_token(token.clone(), scope.clone());
+    }
+    let service = service.build()?;
+    let listener = TcpListener::bind(options.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (in use? try another --listen)",
+            options.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(sync_http::serve(listener, service, async {
+        let _ = rx.await;
+    }));
+    Ok(RunningServer {
+        addr,
+        records,
+        rows,
+        blobs,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Parses `--token SECRET[:SCOPES]`: scopes are comma-separated `drive` or `app:X`; none
+/// means every channel.
+pub fn parse_token(spec: &str) -> Result<(String, Scope)> {
+    let (secret, scopes) = match spec.split_once(':') {
+        Some((s, scopes)) => (s, Some(scopes)),
+        None => (spec, None),
+    };
+    if secret.len() < 16 {
+        bail!("--token: a token must be at least 16 characters long");
+    }
+    let scope = match scopes {
+        None | Some("") => Scope::All,
+        Some(list) => {
+            let mut channels = Vec::new();
+            // `app:X` contains a colon itself: split on commas, then parse each.
+            for part in list.split(',') {
+                let channel = Channel::parse(part).with_context(|| {
+                    format!("--token: unknown scope {part:?} (use `drive` or `app:APP_ID`)")
+                })?;
+                channels.push(channel);
+            }
+            Scope::Channels(channels)
+        }
+    };
+    Ok((secret.to_string(), scope))
+}
+
+/// A random secret (64 hex characters).
+pub fn new_token() -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for _ in 0..4 {
+        h.update(crate::files::new_id());
+    }
+    h.update(std::process::id().to_le_bytes());
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_scopes_parse() {
+        let (s, scope) = parse_token("0123456789abcdef0123").unwrap();
+        assert_eq!((s.as_str(), scope), ("0123456789abcdef0123", Scope::All));
+        let (_, scope) = parse_token("0123456789abcdef:drive,app:notes").unwrap();
+        assert_eq!(
+            scope,
+            Scope::Channels(vec![Channel::Drive, Channel::App("notes".into())])
+        );
+        assert!(parse_token("short").is_err());
+        assert!(parse_token("0123456789abcdef:photos").is_err());
+    }
+}
