@@ -67,7 +67,11 @@ pub fn install(workspace: &Path) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args(["install", "s3s-fs", "--version", VERSION, "--locked"])
         .args(["--features", "binary", "--root"])
-        .arg(&root);
+        .arg(&root)
+        // Build in cargo's own throwaway directory, never in the workspace's target
+        // directory (whose lock the test build needs next).
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR");
     let status = cmd
         .status()
         .with_context(|| format!("cannot start {}", describe(&cmd)))?;
