@@ -166,6 +166,9 @@ struct ServeArgs {
     /// PostgreSQL URL (scale-out); needs --blobs.
     #[arg(long, env = "STARKEEP_SYNC_DATABASE", requires = "blobs")]
     database: Option<String>,
+    /// PostgreSQL schema for the tables (created if missing; default: the search path).
+    #[arg(long, requires = "database")]
+    database_schema: Option<String>,
     /// S3 bucket for blobs, `s3://bucket` (scale-out); needs --database.
     #[arg(long, requires = "database")]
     blobs: Option<String>,
@@ -287,6 +290,7 @@ async fn serve(a: ServeArgs) -> Result<u8> {
             }
             Storage::ScaleOut {
                 database: db.clone(),
+                schema: a.database_schema.clone(),
                 bucket: config,
             }
         }

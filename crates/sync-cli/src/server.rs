@@ -26,7 +26,12 @@ pub enum Storage {
     /// SQLite and a blob directory under one data directory.
     Embedded { data: PathBuf },
     /// PostgreSQL and an S3 bucket, shareable by several servers.
-    ScaleOut { database: String, bucket: S3Config },
+    ScaleOut {
+        database: String,
+        /// The PostgreSQL schema (created if missing); `None` for the `search_path`.
+        schema: Option<String>,
+        bucket: S3Config,
+    },
 }
 
 /// What a server needs to start.
@@ -109,8 +114,16 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer> {
                     blobs,
                 )
             }
-            Storage::ScaleOut { database, bucket } => {
-                let store = sync_postgres::PostgresStore::connect(database)
+            Storage::ScaleOut {
+                database,
+                schema,
+                bucket,
+            } => {
+                let mut options = sync_postgres::PostgresOptions::default();
+                if let Some(schema) = schema {
+                    options = options.with_schema(schema.clone());
+                }
+                let store = sync_postgres::PostgresStore::connect_with(database, &options)
                     .await
                     .context("connecting to PostgreSQL (check --database)")?;
                 let blobs = ObjectBlobs::s3(bucket.clone()).context("opening the S3 bucket")?;
