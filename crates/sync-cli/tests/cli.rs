@@ -217,13 +217,12 @@ fn two_nodes_converge_through_a_sqlite_server() {
     let t = Tmp::new();
     let data = t.path("server");
     let apps = t.path("apps.json");
-    let token = format!("{TOKEN}");
     let server = serve(
         &[
             "--data",
             data.to_str().unwrap(),
             "--token",
-            &token,
+            TOKEN,
             "--apps",
             apps.to_str().unwrap(),
         ],
