@@ -395,13 +395,25 @@ impl Engine {
     /// Rounds until neither side has more (or only failing items remain: `stalled`), with
     /// retries, exponential backoff and jitter for transient errors.
     pub async fn sync_until_idle(&self) -> Result<SyncSummary, Error> {
+        self.sync_until_idle_with(|_| {}).await
+    }
+
+    /// [`Engine::sync_until_idle`], calling `on_round` after every round (for progress
+    /// displays; its state is persisted by then).
+    pub async fn sync_until_idle_with(
+        &self,
+        mut on_round: impl FnMut(&RoundReport) + Send,
+    ) -> Result<SyncSummary, Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let result = self
                 .inner
                 .requester
-                .sync_until_idle_with(self.inner.max_rounds, |r| self.announce(r))
+                .sync_until_idle_with(self.inner.max_rounds, |r| {
+                    self.announce(r);
+                    on_round(r);
+                })
                 .await
                 .map_err(Error::from);
             match result {
