@@ -19,12 +19,26 @@ pub enum Applied {
 }
 
 /// Shared records, kept with an index on `(origin node, version)`.
+///
+/// **Coverage is monotone** (decision 0008): per origin node, it is the highest version this
+/// store has held in the stream, stored now or replaced by a newer version of the same item
+/// (tombstones included). It goes down only when the store loses data (a wipe, a restore).
+/// A store keeps it with a per-origin *floor*: whenever [`apply`](Self::apply) replaces a
+/// stored version (a [`Applied::Written`] over an existing item), it raises the floor of the
+/// replaced version's origin node to that version, in the same transaction. An offer that
+/// loses ([`Applied::Superseded`]) or repeats ([`Applied::Kept`]) was not held and raises
+/// nothing.
 #[async_trait]
 pub trait RecordStore: Send + Sync {
-    /// Per origin node, the highest version stored (tombstones included), from the index.
+    /// Per origin node, the highest version held: the maximum of the highest version stored
+    /// (from the index) and the origin's floor. Costs O(origin nodes), never O(records).
     async fn coverage(&self) -> Result<Watermarks, StoreError>;
 
-    /// The highest stored version of `origin` strictly below `below`.
+    /// The highest version of `origin` strictly below `below` that the store holds or has
+    /// replaced: the highest stored version below `below`, or the origin's floor if that is
+    /// higher and still below `below`. Never a version at or above `below`; it may
+    /// under-report (the floor keeps only the highest replaced version), which is safe,
+    /// where over-reporting is not.
     async fn coverage_below(&self, origin: &NodeId, below: &Hlc)
         -> Result<Option<Hlc>, StoreError>;
 
@@ -38,7 +52,8 @@ pub trait RecordStore: Send + Sync {
     ) -> Result<Vec<SharedRecord>, StoreError>;
 
     /// Applies a batch with last-write-wins per record (the newer `updated_at` wins; ties by
-    /// node id), atomically: on error nothing of the batch is stored.
+    /// node id), atomically: on error nothing of the batch is stored, floors included. Each
+    /// replaced version raises its origin's coverage floor (see the trait docs).
     async fn apply(&self, records: &[SharedRecord]) -> Result<Vec<Applied>, StoreError>;
 
     /// The stored version of a record.
@@ -47,6 +62,10 @@ pub trait RecordStore: Send + Sync {
 
 /// App rows of registered namespaces, kept with their primary key, origin node, version and
 /// tombstone flag, indexed on `(app, table, origin node, version)`.
+///
+/// Coverage is monotone per table, as for [`RecordStore`] (decision 0008): each
+/// `(app, table)` stream keeps its own per-origin floors, raised when an apply replaces a
+/// stored row version, in the same transaction.
 #[async_trait]
 pub trait AppRowStore: Send + Sync {
     /// Registers (or replaces) an app namespace.
@@ -55,10 +74,14 @@ pub trait AppRowStore: Send + Sync {
     /// The registered namespace of `app_id`.
     async fn namespace(&self, app_id: &str) -> Result<Option<AppNamespace>, StoreError>;
 
-    /// Per origin node, the highest version stored in one table (tombstones included).
+    /// Per origin node, the highest version one table has held: stored now or replaced by a
+    /// newer version of the same row (tombstones included); the maximum of the index and the
+    /// table's floor. It goes down only when the store loses data.
     async fn coverage(&self, app_id: &str, table: &str) -> Result<Watermarks, StoreError>;
 
-    /// The highest stored version of `origin` in one table strictly below `below`.
+    /// The highest version of `origin` in one table strictly below `below` that the table
+    /// holds or has replaced (its floor counts if below `below`); never a version at or
+    /// above `below`. Under-reporting is safe, over-reporting is not.
     async fn coverage_below(
         &self,
         app_id: &str,
@@ -78,8 +101,9 @@ pub trait AppRowStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<AppRow>, StoreError>;
 
-    /// Applies a batch with last-write-wins per (app, table, primary key), atomically. Rows
-    /// of unregistered tables or without their primary key are refused with
+    /// Applies a batch with last-write-wins per (app, table, primary key), atomically (floors
+    /// included); each replaced version raises its origin's floor in its table. Rows of
+    /// unregistered tables or without their primary key are refused with
     /// [`StoreError::Invalid`].
     async fn apply(&self, rows: &[AppRow]) -> Result<Vec<Applied>, StoreError>;
 

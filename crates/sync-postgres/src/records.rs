@@ -1,7 +1,11 @@
 //! Shared records: `shared_records`, indexed on `(node_id, hlc)`.
 
 use async_trait::async_trait;
-use sqlx::postgres::PgRow;
+use sqlx::{
+    postgres::{PgArguments, PgRow},
+    query::Query,
+    Postgres,
+};
 use sync_core::{Applied, RecordStore, StoreError};
 use sync_hlc::{Hlc, NodeId, Watermarks};
 use sync_protocol::SharedRecord;
@@ -9,6 +13,7 @@ use sync_protocol::SharedRecord;
 use crate::{
     codec::{col, parse_hlc, parse_opt_hlc},
     error::{db_error, to_i64, to_u64},
+    floors::{self, Raised},
     PostgresStore,
 };
 
@@ -21,10 +26,26 @@ macro_rules! record_columns {
     };
 }
 
+/// The first step of last-write-wins: a record not stored yet is inserted, and nothing is
+/// replaced. If it exists (or a concurrent batch inserts it first: `ON CONFLICT` waits for
+/// that batch and then does nothing), nothing changes and the next steps decide.
+const INSERT: &str = "\
+INSERT INTO shared_records (id, kind, record_type, created_at, hlc, node_id, deleted_at, \
+    version, content_hash, object_storage_key, mime_type, size_bytes, original_filename, \
+    origin_app_id, parent_id, label) \
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+ON CONFLICT (id) DO NOTHING";
+
+/// The stored version of a record that exists, locked until the batch ends: the version it
+/// reads is the latest committed one, and no other batch can replace it meanwhile, so if
+/// [`UPSERT`] then replaces it, it is exactly the version whose coverage floor rises.
+const LOCKED_VERSION: &str = "SELECT hlc FROM shared_records WHERE id = $1 FOR UPDATE";
+
 /// Last-write-wins as one conditional upsert: the stored row changes only when the offered
 /// version is higher (the string form orders like the timestamps, ties by node id). Under
 /// concurrent writers `ON CONFLICT` locks the existing row and evaluates the condition
-/// against its latest committed version, so the maximum wins whatever the interleaving.
+/// against its latest committed version, so the maximum wins whatever the interleaving
+/// (here the row is already locked by [`LOCKED_VERSION`]).
 const UPSERT: &str = "\
 INSERT INTO shared_records (id, kind, record_type, created_at, hlc, node_id, deleted_at, \
     version, content_hash, object_storage_key, mime_type, size_bytes, original_filename, \
@@ -40,10 +61,6 @@ ON CONFLICT (id) DO UPDATE SET \
     parent_id = excluded.parent_id, label = excluded.label \
 WHERE excluded.hlc > shared_records.hlc";
 
-/// The stored version of one record, after an upsert that changed nothing (which still
-/// locked the row, so it cannot move before the transaction ends).
-const VERSION: &str = "SELECT hlc FROM shared_records WHERE id = $1";
-
 const GET: &str = concat!(
     "SELECT ",
     record_columns!(),
@@ -57,9 +74,12 @@ pub(crate) const SCAN: &str = concat!(
     " FROM shared_records WHERE node_id = $1 AND hlc > $2 ORDER BY hlc LIMIT $3"
 );
 
-/// Per origin node, the highest stored version. A plain `GROUP BY node_id` reads the whole
-/// index (O(rows)); this walks it as a loose index scan instead: one index probe to find each
-/// next origin node and one to read its maximum, so the cost is O(nodes · log rows).
+/// Per origin node, the highest stored version, then the coverage floors of the records
+/// (decision 0008); the caller takes the maximum per node. A plain `GROUP BY node_id` reads
+/// the whole index (O(rows)); this walks it as a loose index scan instead: one index probe
+/// to find each next origin node and one to read its maximum, so the cost is
+/// O(nodes · log rows), plus one primary-key range of the small floors table. One
+/// statement, so both parts read one snapshot.
 pub(crate) const COVERAGE: &str = "\
 WITH RECURSIVE origins (node_id) AS ( \
     SELECT MIN(node_id) FROM shared_records \
@@ -68,10 +88,17 @@ WITH RECURSIVE origins (node_id) AS ( \
     FROM origins WHERE origins.node_id IS NOT NULL \
 ) \
 SELECT (SELECT MAX(s.hlc) FROM shared_records AS s WHERE s.node_id = origins.node_id) \
-FROM origins WHERE origins.node_id IS NOT NULL";
+FROM origins WHERE origins.node_id IS NOT NULL \
+UNION ALL \
+SELECT hlc FROM coverage_floors WHERE app_id = '' AND table_name = ''";
 
-pub(crate) const COVERAGE_BELOW: &str =
-    "SELECT MAX(hlc) FROM shared_records WHERE node_id = $1 AND hlc < $2";
+/// The highest stored version of one origin below a bound, and its floor if that is below
+/// the bound too; the caller takes the maximum.
+pub(crate) const COVERAGE_BELOW: &str = "\
+SELECT MAX(hlc) FROM shared_records WHERE node_id = $1 AND hlc < $2 \
+UNION ALL \
+SELECT hlc FROM coverage_floors \
+WHERE app_id = '' AND table_name = '' AND node_id = $1 AND hlc < $2";
 
 fn record_from_row(row: &PgRow) -> Result<SharedRecord, StoreError> {
     Ok(SharedRecord {
@@ -93,12 +120,47 @@ fn record_from_row(row: &PgRow) -> Result<SharedRecord, StoreError> {
     })
 }
 
-/// The highest versions, one per origin node, as read by a coverage query.
+/// Per origin node, the maximum of the versions a coverage query read (the highest stored
+/// ones and the floors).
 pub(crate) fn watermarks(tops: Vec<Option<String>>) -> Result<Watermarks, StoreError> {
     tops.into_iter()
         .flatten()
         .map(|top| parse_hlc("coverage", &top))
         .collect()
+}
+
+/// The maximum of the versions a `coverage_below` query read.
+pub(crate) fn highest(tops: Vec<Option<String>>) -> Result<Option<Hlc>, StoreError> {
+    let mut best: Option<Hlc> = None;
+    for top in tops.into_iter().flatten() {
+        best = best.max(Some(parse_hlc("coverage", &top)?));
+    }
+    Ok(best)
+}
+
+/// `sql` ([`INSERT`] or [`UPSERT`]) with a record's values bound.
+fn bind_record<'q>(
+    sql: &'q str,
+    r: &'q SharedRecord,
+    version: &'q str,
+) -> Result<Query<'q, Postgres, PgArguments>, StoreError> {
+    Ok(sqlx::query(sql)
+        .bind(&r.id)
+        .bind(&r.kind)
+        .bind(&r.record_type)
+        .bind(r.created_at.to_string())
+        .bind(version)
+        .bind(r.origin().as_str())
+        .bind(r.deleted_at.as_ref().map(Hlc::to_string))
+        .bind(to_i64("record version number", r.version)?)
+        .bind(&r.content_hash)
+        .bind(&r.object_storage_key)
+        .bind(&r.mime_type)
+        .bind(to_i64("record size_bytes", r.size_bytes)?)
+        .bind(&r.original_filename)
+        .bind(&r.origin_app_id)
+        .bind(&r.parent_id)
+        .bind(&r.label))
 }
 
 /// A scan limit as PostgreSQL takes it.
@@ -135,13 +197,13 @@ impl RecordStore for PostgresStore {
         origin: &NodeId,
         below: &Hlc,
     ) -> Result<Option<Hlc>, StoreError> {
-        let top: Option<String> = sqlx::query_scalar(COVERAGE_BELOW)
+        let tops: Vec<Option<String>> = sqlx::query_scalar(COVERAGE_BELOW)
             .bind(origin.as_str())
             .bind(below.to_string())
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("reading record coverage", e))?;
-        top.map(|t| parse_hlc("coverage", &t)).transpose()
+        highest(tops)
     }
 
     async fn scan(
@@ -172,44 +234,45 @@ impl RecordStore for PostgresStore {
         // One transaction per batch: on any error it is dropped unfinished and rolls back.
         let mut tx = self.pool.begin().await.map_err(|e| db_error(DOING, e))?;
         let mut out = vec![Applied::Kept; records.len()];
+        let mut raised = Raised::default();
         for i in write_order(&ids) {
             let r = &records[i];
             let version = r.updated_at.to_string();
-            let done = sqlx::query(UPSERT)
-                .bind(&r.id)
-                .bind(&r.kind)
-                .bind(&r.record_type)
-                .bind(r.created_at.to_string())
-                .bind(&version)
-                .bind(r.origin().as_str())
-                .bind(r.deleted_at.as_ref().map(Hlc::to_string))
-                .bind(to_i64("record version number", r.version)?)
-                .bind(&r.content_hash)
-                .bind(&r.object_storage_key)
-                .bind(&r.mime_type)
-                .bind(to_i64("record size_bytes", r.size_bytes)?)
-                .bind(&r.original_filename)
-                .bind(&r.origin_app_id)
-                .bind(&r.parent_id)
-                .bind(&r.label)
+            // A new record: inserted, nothing replaced (one statement, the common case).
+            let inserted = bind_record(INSERT, r, &version)?
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db_error(DOING, e))?;
-            out[i] = if done.rows_affected() > 0 {
-                Applied::Written
+            if inserted.rows_affected() > 0 {
+                out[i] = Applied::Written;
+                continue;
+            }
+            // It exists: lock it and read the version it holds, then replace it if older.
+            let stored: String = sqlx::query_scalar(LOCKED_VERSION)
+                .bind(&r.id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error(DOING, e))?;
+            out[i] = if version == stored {
+                Applied::Kept
+            } else if version < stored {
+                Applied::Superseded
             } else {
-                let stored: String = sqlx::query_scalar(VERSION)
-                    .bind(&r.id)
-                    .fetch_one(&mut *tx)
+                let done = bind_record(UPSERT, r, &version)?
+                    .execute(&mut *tx)
                     .await
                     .map_err(|e| db_error(DOING, e))?;
-                if stored == version {
-                    Applied::Kept
-                } else {
+                if done.rows_affected() == 0 {
+                    // Not expected (we hold the row's lock and compared the same strings
+                    // bytewise, as `COLLATE "C"` does); the database's verdict stands.
                     Applied::Superseded
+                } else {
+                    raised.note(floors::RECORDS, &stored)?;
+                    Applied::Written
                 }
             };
         }
+        raised.write(&mut tx, DOING).await?;
         tx.commit().await.map_err(|e| db_error(DOING, e))?;
         Ok(out)
     }

@@ -4,7 +4,11 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use sqlx::{postgres::PgRow, PgConnection};
+use sqlx::{
+    postgres::{PgArguments, PgRow},
+    query::Query,
+    PgConnection, Postgres,
+};
 use sync_core::{row_key, AppNamespace, AppRowStore, Applied, StoreError, TableSpec};
 use sync_hlc::{Hlc, NodeId, Watermarks};
 use sync_protocol::{AppRow, RowOp, RowValues};
@@ -12,7 +16,8 @@ use sync_protocol::{AppRow, RowOp, RowValues};
 use crate::{
     codec::{col, op_name, parse_hlc, parse_op, parse_values, values_json},
     error::{corrupt, db_error},
-    records::{sql_above, sql_limit, watermarks, write_order},
+    floors::Raised,
+    records::{highest, sql_above, sql_limit, watermarks, write_order},
     PostgresStore,
 };
 
@@ -22,6 +27,18 @@ ON CONFLICT (app_id) DO UPDATE SET \
     tables_json = excluded.tables_json, files_enabled = excluded.files_enabled";
 
 const NAMESPACE: &str = "SELECT tables_json, files_enabled FROM app_namespaces WHERE app_id = $1";
+
+/// The first step of last-write-wins for a row not stored yet (see the record store's
+/// `INSERT`).
+const INSERT: &str = "\
+INSERT INTO app_rows (app_id, table_name, pk, node_id, hlc, tombstone, op, row_json, where_json) \
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+ON CONFLICT (app_id, table_name, pk) DO NOTHING";
+
+/// The stored version of a row that exists, locked until the batch ends (see the record
+/// store's `LOCKED_VERSION`).
+const LOCKED_VERSION: &str = "\
+SELECT hlc FROM app_rows WHERE app_id = $1 AND table_name = $2 AND pk = $3 FOR UPDATE";
 
 /// Last-write-wins as one conditional upsert per (app, table, primary key); see the record
 /// store's upsert for why it is safe under concurrent writers.
@@ -33,8 +50,6 @@ ON CONFLICT (app_id, table_name, pk) DO UPDATE SET \
     op = excluded.op, row_json = excluded.row_json, where_json = excluded.where_json \
 WHERE excluded.hlc > app_rows.hlc";
 
-const VERSION: &str = "SELECT hlc FROM app_rows WHERE app_id = $1 AND table_name = $2 AND pk = $3";
-
 const GET: &str = "\
 SELECT app_id, table_name, hlc, op, row_json, where_json FROM app_rows \
 WHERE app_id = $1 AND table_name = $2 AND pk = $3";
@@ -44,8 +59,9 @@ pub(crate) const SCAN: &str = "\
 SELECT app_id, table_name, hlc, op, row_json, where_json FROM app_rows \
 WHERE app_id = $1 AND table_name = $2 AND node_id = $3 AND hlc > $4 ORDER BY hlc LIMIT $5";
 
-/// Per origin node, the highest stored version in one table, as a loose index scan (see
-/// the record store's coverage query).
+/// Per origin node, the highest stored version in one table as a loose index scan (see the
+/// record store's coverage query), then the table's coverage floors; the caller takes the
+/// maximum per node.
 pub(crate) const COVERAGE: &str = "\
 WITH RECURSIVE origins (node_id) AS ( \
     SELECT MIN(node_id) FROM app_rows WHERE app_id = $1 AND table_name = $2 \
@@ -56,10 +72,17 @@ WITH RECURSIVE origins (node_id) AS ( \
 ) \
 SELECT (SELECT MAX(s.hlc) FROM app_rows AS s \
         WHERE s.app_id = $1 AND s.table_name = $2 AND s.node_id = origins.node_id) \
-FROM origins WHERE origins.node_id IS NOT NULL";
+FROM origins WHERE origins.node_id IS NOT NULL \
+UNION ALL \
+SELECT hlc FROM coverage_floors WHERE app_id = $1 AND table_name = $2";
 
+/// The highest stored version of one origin in one table below a bound, and its floor if
+/// that is below the bound too; the caller takes the maximum.
 pub(crate) const COVERAGE_BELOW: &str = "\
 SELECT MAX(hlc) FROM app_rows \
+WHERE app_id = $1 AND table_name = $2 AND node_id = $3 AND hlc < $4 \
+UNION ALL \
+SELECT hlc FROM coverage_floors \
 WHERE app_id = $1 AND table_name = $2 AND node_id = $3 AND hlc < $4";
 
 fn row_from_row(row: &PgRow) -> Result<AppRow, StoreError> {
@@ -116,6 +139,25 @@ struct Keyed {
     where_json: Option<String>,
 }
 
+/// `sql` ([`INSERT`] or [`UPSERT`]) with a row's values bound.
+fn bind_row<'q>(
+    sql: &'q str,
+    r: &'q AppRow,
+    k: &'q Keyed,
+    version: &'q str,
+) -> Result<Query<'q, Postgres, PgArguments>, StoreError> {
+    Ok(sqlx::query(sql)
+        .bind(&r.app_id)
+        .bind(&r.table)
+        .bind(&k.key)
+        .bind(r.origin().as_str())
+        .bind(version)
+        .bind(r.is_tombstone())
+        .bind(op_name(r.op))
+        .bind(values_json(r.row.as_ref())?)
+        .bind(&k.where_json))
+}
+
 #[async_trait]
 impl AppRowStore for PostgresStore {
     async fn register(&self, namespace: AppNamespace) -> Result<(), StoreError> {
@@ -160,15 +202,15 @@ impl AppRowStore for PostgresStore {
         origin: &NodeId,
         below: &Hlc,
     ) -> Result<Option<Hlc>, StoreError> {
-        let top: Option<String> = sqlx::query_scalar(COVERAGE_BELOW)
+        let tops: Vec<Option<String>> = sqlx::query_scalar(COVERAGE_BELOW)
             .bind(app_id)
             .bind(table)
             .bind(origin.as_str())
             .bind(below.to_string())
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("reading app-row coverage", e))?;
-        top.map(|t| parse_hlc("coverage", &t)).transpose()
+        highest(tops)
     }
 
     async fn scan(
@@ -228,40 +270,46 @@ impl AppRowStore for PostgresStore {
             .map(|(r, k)| (r.app_id.as_str(), r.table.as_str(), k.key.as_str()))
             .collect();
         let mut out = vec![Applied::Kept; rows.len()];
+        let mut raised = Raised::default();
         for i in write_order(&keys) {
             let (r, k) = (&rows[i], &keyed[i]);
             let version = r.timestamp.to_string();
-            let done = sqlx::query(UPSERT)
-                .bind(&r.app_id)
-                .bind(&r.table)
-                .bind(&k.key)
-                .bind(r.origin().as_str())
-                .bind(&version)
-                .bind(r.is_tombstone())
-                .bind(op_name(r.op))
-                .bind(values_json(r.row.as_ref())?)
-                .bind(&k.where_json)
+            // A new row: inserted, nothing replaced. Otherwise lock the stored version and
+            // replace it if older (see the record store).
+            let inserted = bind_row(INSERT, r, k, &version)?
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db_error(DOING, e))?;
-            let outcome = if done.rows_affected() > 0 {
-                Applied::Written
+            if inserted.rows_affected() > 0 {
+                out[i] = Applied::Written;
+                continue;
+            }
+            let stored: String = sqlx::query_scalar(LOCKED_VERSION)
+                .bind(&r.app_id)
+                .bind(&r.table)
+                .bind(&k.key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error(DOING, e))?;
+            out[i] = if version == stored {
+                Applied::Kept
+            } else if version < stored {
+                Applied::Superseded
             } else {
-                let stored: String = sqlx::query_scalar(VERSION)
-                    .bind(&r.app_id)
-                    .bind(&r.table)
-                    .bind(&k.key)
-                    .fetch_one(&mut *tx)
+                let done = bind_row(UPSERT, r, k, &version)?
+                    .execute(&mut *tx)
                     .await
                     .map_err(|e| db_error(DOING, e))?;
-                if stored == version {
-                    Applied::Kept
-                } else {
+                if done.rows_affected() == 0 {
+                    // Not expected (see the record store); the database's verdict stands.
                     Applied::Superseded
+                } else {
+                    raised.note((&r.app_id, &r.table), &stored)?;
+                    Applied::Written
                 }
             };
-            out[i] = outcome;
         }
+        raised.write(&mut tx, DOING).await?;
         tx.commit().await.map_err(|e| db_error(DOING, e))?;
         Ok(out)
     }

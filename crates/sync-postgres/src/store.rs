@@ -195,8 +195,9 @@ impl PostgresStore {
     /// The plans PostgreSQL chooses for the queries a sync round runs on every page:
     /// coverage, `coverage_below` and scans, of records and of app rows. Each must go through
     /// the `(node_id, hlc)` indexes (`Index [Only] Scan using ...`), never a sequential scan,
-    /// once the tables are big enough for the difference to matter. The queries are read-only,
-    /// so they are explained with `ANALYZE` (which also shows every sub-plan).
+    /// once the tables are big enough for the difference to matter; coverage also reads the
+    /// stream's coverage floors by their primary key. The queries are read-only, so they are
+    /// explained with `ANALYZE` (which also shows every sub-plan).
     pub async fn query_plans(&self) -> Result<Vec<QueryPlan>, StoreError> {
         use Arg::{Int, Text};
         const N: Arg = Text("node-a");

@@ -21,9 +21,11 @@ use sync_postgres::{PostgresOptions, PostgresStore};
 use sync_testkit::conformance::{hlc, namespace, note, record, SplitMix64, APP, NOTES};
 
 /// With enough rows for the planner to care (20,000 records and 20,000 rows over three
-/// origin nodes, analyzed), every hot query goes through the `(node_id, hlc)` indexes. We do
-/// not `SET enable_seqscan = off`: on a table of a few pages a sequential scan is legitimately
-/// cheaper, and forcing the index would hide a plan that does not use it at scale.
+/// origin nodes, 20,000 coverage floors over many streams, analyzed), every hot query goes
+/// through the `(node_id, hlc)` indexes, and coverage reads its stream's floors through the
+/// floors' primary key. We do not `SET enable_seqscan = off`: on a table of a few pages a
+/// sequential scan is legitimately cheaper, and forcing the index would hide a plan that
+/// does not use it at scale.
 #[tokio::test]
 async fn hot_queries_use_the_node_hlc_indexes() {
     let Some(url) = common::url() else { return };
@@ -62,7 +64,19 @@ async fn hot_queries_use_the_node_hlc_indexes() {
     .execute(&mut conn)
     .await
     .expect("populate rows");
-    sqlx::query("ANALYZE shared_records, app_rows")
+    sqlx::query(
+        "INSERT INTO coverage_floors (app_id, table_name, node_id, hlc) \
+         SELECT s.app_id, s.table_name, n, lpad(to_hex(g), 12, '0') || ':0000:' || n \
+         FROM generate_series(1, 20000) AS g, \
+              LATERAL (SELECT 'node-' || chr(97 + g % 3) AS n) AS node, \
+              LATERAL (SELECT CASE WHEN g <= 3 THEN '' WHEN g <= 6 THEN 'app' \
+                                   ELSE 'app-' || g END AS app_id, \
+                              CASE WHEN g <= 3 THEN '' ELSE 'table' END AS table_name) AS s",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("populate floors");
+    sqlx::query("ANALYZE shared_records, app_rows, coverage_floors")
         .execute(&mut conn)
         .await
         .expect("analyze");
@@ -83,7 +97,9 @@ async fn hot_queries_use_the_node_hlc_indexes() {
             p.plan
         );
         assert!(
-            !p.plan.contains("Bitmap Heap Scan"),
+            !p.plan
+                .lines()
+                .any(|l| l.contains("Bitmap Heap Scan") && !l.contains(" on coverage_floors")),
             "{}: reads the heap in bulk instead of walking the index\n{}",
             p.name,
             p.plan
@@ -115,6 +131,31 @@ async fn hot_queries_use_the_node_hlc_indexes() {
                 p.plan
             );
         }
+        // Coverage also reads its stream's floors (decision 0008), by their primary key: an
+        // index scan, or a bitmap of the few rows of the stream's key range.
+        let floors: Vec<&str> = p
+            .plan
+            .lines()
+            .filter(|l| l.contains(" on coverage_floors"))
+            .collect();
+        assert_eq!(
+            floors.is_empty(),
+            !p.name.contains("coverage"),
+            "{}: coverage reads the floors, nothing else does\n{}",
+            p.name,
+            p.plan
+        );
+        for line in floors {
+            assert!(
+                line.contains("Index Scan using coverage_floors_pkey")
+                    || line.contains("Index Only Scan using coverage_floors_pkey")
+                    || line.contains("Bitmap Heap Scan on coverage_floors")
+                    || line.contains("Bitmap Index Scan on coverage_floors_pkey"),
+                "{}: floors not read by their key: {line}\n{}",
+                p.name,
+                p.plan
+            );
+        }
     }
     // Coverage reads each origin's maximum from the index alone, a handful of rows per probe.
     let coverage = plans
@@ -130,6 +171,13 @@ async fn hot_queries_use_the_node_hlc_indexes() {
     );
     assert_eq!(
         RecordStore::coverage(&store).await.expect("coverage").len(),
+        3
+    );
+    assert_eq!(
+        AppRowStore::coverage(&store, "app", "table")
+            .await
+            .expect("coverage")
+            .len(),
         3
     );
     store.close().await;
@@ -182,7 +230,8 @@ async fn version_columns_compare_bytewise() {
     .fetch_all(&mut conn)
     .await
     .expect("columns");
-    assert_eq!(collations.len(), 8, "{collations:?}");
+    // app_namespaces.app_id; app_rows: 5; coverage_floors: 4; shared_records: 2.
+    assert_eq!(collations.len(), 12, "{collations:?}");
     for (table, column, collation) in &collations {
         assert_eq!(collation.as_deref(), Some("C"), "{table}.{column}");
     }
@@ -313,6 +362,101 @@ async fn nothing_half_written_survives_a_failed_batch() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
+/// The coverage floor a replacement raises (decision 0008) is written in the batch's
+/// transaction: when that write fails, the replacement is rolled back with it; when it
+/// succeeds, every later reader sees the floor.
+#[tokio::test]
+async fn a_failed_floor_write_rolls_back_the_batch() {
+    let Some(url) = common::url() else { return };
+    let (store, schema) = common::fresh_store(&url).await;
+    store.register(namespace()).await.expect("register");
+    let old = hlc(10, 0, "node-a");
+    let new = hlc(20, 0, "node-b");
+    RecordStore::apply(&store, &[record("r1", &old)])
+        .await
+        .expect("seed");
+    AppRowStore::apply(&store, &[note("k1", &old)])
+        .await
+        .expect("seed");
+
+    let mut conn = common::raw(&url, &schema).await;
+    for stmt in [
+        "CREATE FUNCTION poison_floor() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         RAISE EXCEPTION 'injected failure'; END $$",
+        "CREATE TRIGGER poison_floor BEFORE INSERT ON coverage_floors \
+         FOR EACH ROW EXECUTE FUNCTION poison_floor()",
+    ] {
+        sqlx::query(stmt).execute(&mut conn).await.expect(stmt);
+    }
+    let failed = RecordStore::apply(&store, &[record("r1", &new), record("r2", &new)]).await;
+    assert!(
+        matches!(failed, Err(StoreError::Fatal { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(
+        RecordStore::get(&store, "r1").await.expect("get"),
+        Some(record("r1", &old)),
+        "the replacement was rolled back with its floor"
+    );
+    assert_eq!(RecordStore::get(&store, "r2").await.expect("get"), None);
+    let failed = AppRowStore::apply(&store, &[note("k1", &new)]).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(
+        AppRowStore::get(&store, APP, NOTES, &json!(["k1"]).to_string())
+            .await
+            .expect("get"),
+        Some(note("k1", &old))
+    );
+    // A batch that replaces nothing writes no floor.
+    assert_eq!(
+        RecordStore::apply(&store, &[record("r2", &new)])
+            .await
+            .expect("apply"),
+        [Applied::Written]
+    );
+
+    sqlx::query("DROP TRIGGER poison_floor ON coverage_floors")
+        .execute(&mut conn)
+        .await
+        .expect("drop trigger");
+    RecordStore::apply(&store, &[record("r1", &new)])
+        .await
+        .expect("apply");
+    AppRowStore::apply(&store, &[note("k1", &new)])
+        .await
+        .expect("apply");
+    let floors: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT app_id, table_name, node_id, hlc FROM coverage_floors \
+         ORDER BY app_id, table_name, node_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("floors");
+    assert_eq!(
+        floors,
+        [
+            (
+                String::new(),
+                String::new(),
+                "node-a".into(),
+                old.to_string()
+            ),
+            (APP.into(), NOTES.into(), "node-a".into(), old.to_string()),
+        ]
+    );
+    let both: Watermarks = [old.clone(), new.clone()].into_iter().collect();
+    assert_eq!(RecordStore::coverage(&store).await.expect("coverage"), both);
+    assert_eq!(
+        AppRowStore::coverage(&store, APP, NOTES)
+            .await
+            .expect("coverage"),
+        both
+    );
+    conn.close().await.expect("close");
+    store.close().await;
+    common::drop_schemas(&url, &[schema]).await;
+}
+
 /// A read that fails is an error, never an empty result.
 #[tokio::test]
 async fn a_failed_read_is_an_error() {
@@ -373,10 +517,13 @@ async fn concurrent_writers_max_wins_and_coverage_never_runs_ahead() {
         hlc((round * 10 + bump) * 1000 + item, 0, node)
     }
 
+    // Each writer returns, per item, the highest version it offered, and the highest of its
+    // versions the store wrote (held at some point, so covered for good: decision 0008).
     let writer = |store: PostgresStore, node: &'static str, seed: u64| {
         tokio::spawn(async move {
             let mut rng = SplitMix64::new(seed);
             let mut offered: BTreeMap<u64, Hlc> = BTreeMap::new();
+            let mut written = Watermarks::new();
             for round in 0..ROUNDS {
                 let mut batch: Vec<_> = (0..ITEMS)
                     .map(|i| {
@@ -395,8 +542,13 @@ async fn concurrent_writers_max_wins_and_coverage_never_runs_ahead() {
                 rng.shuffle(&mut batch);
                 let out = RecordStore::apply(&store, &batch).await.expect("apply");
                 assert_eq!(out.len(), batch.len());
+                for (r, outcome) in batch.iter().zip(out) {
+                    if outcome == Applied::Written {
+                        written.advance(&r.updated_at);
+                    }
+                }
             }
-            offered
+            (offered, written)
         })
     };
     let done = Arc::new(AtomicBool::new(false));
@@ -433,8 +585,8 @@ async fn concurrent_writers_max_wins_and_coverage_never_runs_ahead() {
     };
     let a = writer(first.clone(), "node-a", 1);
     let b = writer(second.clone(), "node-b", 2);
-    let offered_a = a.await.expect("writer a");
-    let offered_b = b.await.expect("writer b");
+    let (offered_a, written_a) = a.await.expect("writer a");
+    let (offered_b, written_b) = b.await.expect("writer b");
     done.store(true, Ordering::SeqCst);
     let checks = watcher.await.expect("watcher");
     assert!(checks > 0);
@@ -449,10 +601,18 @@ async fn concurrent_writers_max_wins_and_coverage_never_runs_ahead() {
         assert_eq!(stored.updated_at, top, "item r{i:03}: the maximum wins");
         expected.advance(&top);
     }
+    // Per origin, the highest version ever written: a winner, or one replaced later whose
+    // floor was raised exactly, even when the two batches raced to insert the same record.
+    let written = written_a.merged(&written_b);
+    assert_eq!(
+        written.clone().merged(&expected),
+        written,
+        "every winner was written"
+    );
     assert_eq!(
         RecordStore::coverage(&reader).await.expect("coverage"),
-        expected,
-        "coverage equals the fold over the winners"
+        written,
+        "coverage is the fold over every version written (winners and floors)"
     );
     for s in [first, second, reader] {
         s.close().await;

@@ -2,6 +2,7 @@
 
 mod codec;
 mod error;
+mod floors;
 mod records;
 mod rows;
 mod state;

@@ -9,6 +9,7 @@ use sync_protocol::SharedRecord;
 use crate::{
     codec::{col, parse_hlc, parse_opt_hlc},
     error::{db_error, to_i64, to_u64},
+    floors::{self, Raised},
     SqliteStore,
 };
 
@@ -38,7 +39,8 @@ ON CONFLICT (id) DO UPDATE SET \
     parent_id = excluded.parent_id, label = excluded.label \
 WHERE excluded.hlc > shared_records.hlc";
 
-/// The stored version of one record (after an upsert that changed nothing).
+/// The stored version of one record, read before its upsert: if the upsert replaces it, it
+/// raises its origin's coverage floor.
 const VERSION: &str = "SELECT hlc FROM shared_records WHERE id = ?1";
 
 const GET: &str = concat!(
@@ -54,9 +56,11 @@ pub(crate) const SCAN: &str = concat!(
     " FROM shared_records WHERE node_id = ?1 AND hlc > ?2 ORDER BY hlc LIMIT ?3"
 );
 
-/// Per origin node, the highest stored version. A plain `GROUP BY node_id` reads the whole
-/// index (O(rows)); this walks it as a loose index scan instead: one seek to find each next
-/// origin node and one to read its maximum, so the cost is O(nodes · log rows).
+/// Per origin node, the highest stored version, then the coverage floors of the records
+/// (decision 0008); the caller takes the maximum per node. A plain `GROUP BY node_id` reads
+/// the whole index (O(rows)); this walks it as a loose index scan instead: one seek to find
+/// each next origin node and one to read its maximum, so the cost is O(nodes · log rows),
+/// plus one primary-key range of the small floors table.
 pub(crate) const COVERAGE: &str = "\
 WITH RECURSIVE origins (node_id) AS ( \
     SELECT MIN(node_id) FROM shared_records \
@@ -65,10 +69,17 @@ WITH RECURSIVE origins (node_id) AS ( \
     FROM origins WHERE origins.node_id IS NOT NULL \
 ) \
 SELECT (SELECT MAX(s.hlc) FROM shared_records AS s WHERE s.node_id = origins.node_id) \
-FROM origins WHERE origins.node_id IS NOT NULL";
+FROM origins WHERE origins.node_id IS NOT NULL \
+UNION ALL \
+SELECT hlc FROM coverage_floors WHERE app_id = '' AND table_name = ''";
 
-pub(crate) const COVERAGE_BELOW: &str =
-    "SELECT MAX(hlc) FROM shared_records WHERE node_id = ?1 AND hlc < ?2";
+/// The highest stored version of one origin below a bound, and its floor if that is below
+/// the bound too; the caller takes the maximum.
+pub(crate) const COVERAGE_BELOW: &str = "\
+SELECT MAX(hlc) FROM shared_records WHERE node_id = ?1 AND hlc < ?2 \
+UNION ALL \
+SELECT hlc FROM coverage_floors \
+WHERE app_id = '' AND table_name = '' AND node_id = ?1 AND hlc < ?2";
 
 fn record_from_row(row: &SqliteRow) -> Result<SharedRecord, StoreError> {
     Ok(SharedRecord {
@@ -90,12 +101,22 @@ fn record_from_row(row: &SqliteRow) -> Result<SharedRecord, StoreError> {
     })
 }
 
-/// The highest versions, one per origin node, as read by a coverage query.
+/// Per origin node, the maximum of the versions a coverage query read (the highest stored
+/// ones and the floors).
 pub(crate) fn watermarks(tops: Vec<Option<String>>) -> Result<Watermarks, StoreError> {
     tops.into_iter()
         .flatten()
         .map(|top| parse_hlc("coverage", &top))
         .collect()
+}
+
+/// The maximum of the versions a `coverage_below` query read.
+pub(crate) fn highest(tops: Vec<Option<String>>) -> Result<Option<Hlc>, StoreError> {
+    let mut best: Option<Hlc> = None;
+    for top in tops.into_iter().flatten() {
+        best = best.max(Some(parse_hlc("coverage", &top)?));
+    }
+    Ok(best)
 }
 
 /// A scan limit as SQLite takes it.
@@ -123,13 +144,13 @@ impl RecordStore for SqliteStore {
         origin: &NodeId,
         below: &Hlc,
     ) -> Result<Option<Hlc>, StoreError> {
-        let top: Option<String> = sqlx::query_scalar(COVERAGE_BELOW)
+        let tops: Vec<Option<String>> = sqlx::query_scalar(COVERAGE_BELOW)
             .bind(origin.as_str())
             .bind(below.to_string())
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("reading record coverage", e))?;
-        top.map(|t| parse_hlc("coverage", &t)).transpose()
+        highest(tops)
     }
 
     async fn scan(
@@ -159,8 +180,15 @@ impl RecordStore for SqliteStore {
         // One transaction per batch: on any error it is dropped unfinished and rolls back.
         let mut tx = self.begin_write(DOING).await?;
         let mut out = Vec::with_capacity(records.len());
+        let mut raised = Raised::default();
         for r in records {
             let version = r.updated_at.to_string();
+            // We hold the write lock: the version read here is the one the upsert sees.
+            let stored: Option<String> = sqlx::query_scalar(VERSION)
+                .bind(&r.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error(DOING, e))?;
             let done = sqlx::query(UPSERT)
                 .bind(&r.id)
                 .bind(&r.kind)
@@ -182,23 +210,19 @@ impl RecordStore for SqliteStore {
                 .await
                 .map_err(|e| db_error(DOING, e))?;
             let outcome = if done.rows_affected() > 0 {
-                Applied::Written
-            } else {
-                // The upsert changed nothing: the stored version is the same or newer. We
-                // hold the write lock, so it cannot have moved since.
-                let stored: String = sqlx::query_scalar(VERSION)
-                    .bind(&r.id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| db_error(DOING, e))?;
-                if stored == version {
-                    Applied::Kept
-                } else {
-                    Applied::Superseded
+                if let Some(replaced) = &stored {
+                    raised.note(floors::RECORDS, replaced)?;
                 }
+                Applied::Written
+            } else if stored.as_deref() == Some(version.as_str()) {
+                // The upsert changed nothing: the stored version is the same or newer.
+                Applied::Kept
+            } else {
+                Applied::Superseded
             };
             out.push(outcome);
         }
+        raised.write(&mut tx, DOING).await?;
         tx.commit().await.map_err(|e| db_error(DOING, e))?;
         Ok(out)
     }

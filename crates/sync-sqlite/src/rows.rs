@@ -12,7 +12,8 @@ use sync_protocol::{AppRow, RowOp, RowValues};
 use crate::{
     codec::{col, op_name, parse_hlc, parse_op, parse_values, values_json},
     error::{corrupt, db_error},
-    records::{sql_above, sql_limit, watermarks},
+    floors::Raised,
+    records::{highest, sql_above, sql_limit, watermarks},
     SqliteStore,
 };
 
@@ -32,6 +33,8 @@ ON CONFLICT (app_id, table_name, pk) DO UPDATE SET \
     op = excluded.op, row_json = excluded.row_json, where_json = excluded.where_json \
 WHERE excluded.hlc > app_rows.hlc";
 
+/// The stored version of one row, read before its upsert: if the upsert replaces it, it
+/// raises its origin's coverage floor in the row's table.
 const VERSION: &str = "SELECT hlc FROM app_rows WHERE app_id = ?1 AND table_name = ?2 AND pk = ?3";
 
 const GET: &str = "\
@@ -43,8 +46,9 @@ pub(crate) const SCAN: &str = "\
 SELECT app_id, table_name, hlc, op, row_json, where_json FROM app_rows \
 WHERE app_id = ?1 AND table_name = ?2 AND node_id = ?3 AND hlc > ?4 ORDER BY hlc LIMIT ?5";
 
-/// Per origin node, the highest stored version in one table, as a loose index scan (see
-/// the record store's coverage query).
+/// Per origin node, the highest stored version in one table as a loose index scan (see the
+/// record store's coverage query), then the table's coverage floors; the caller takes the
+/// maximum per node.
 pub(crate) const COVERAGE: &str = "\
 WITH RECURSIVE origins (node_id) AS ( \
     SELECT MIN(node_id) FROM app_rows WHERE app_id = ?1 AND table_name = ?2 \
@@ -55,10 +59,17 @@ WITH RECURSIVE origins (node_id) AS ( \
 ) \
 SELECT (SELECT MAX(s.hlc) FROM app_rows AS s \
         WHERE s.app_id = ?1 AND s.table_name = ?2 AND s.node_id = origins.node_id) \
-FROM origins WHERE origins.node_id IS NOT NULL";
+FROM origins WHERE origins.node_id IS NOT NULL \
+UNION ALL \
+SELECT hlc FROM coverage_floors WHERE app_id = ?1 AND table_name = ?2";
 
+/// The highest stored version of one origin in one table below a bound, and its floor if
+/// that is below the bound too; the caller takes the maximum.
 pub(crate) const COVERAGE_BELOW: &str = "\
 SELECT MAX(hlc) FROM app_rows \
+WHERE app_id = ?1 AND table_name = ?2 AND node_id = ?3 AND hlc < ?4 \
+UNION ALL \
+SELECT hlc FROM coverage_floors \
 WHERE app_id = ?1 AND table_name = ?2 AND node_id = ?3 AND hlc < ?4";
 
 fn row_from_row(row: &SqliteRow) -> Result<AppRow, StoreError> {
@@ -159,15 +170,15 @@ impl AppRowStore for SqliteStore {
         origin: &NodeId,
         below: &Hlc,
     ) -> Result<Option<Hlc>, StoreError> {
-        let top: Option<String> = sqlx::query_scalar(COVERAGE_BELOW)
+        let tops: Vec<Option<String>> = sqlx::query_scalar(COVERAGE_BELOW)
             .bind(app_id)
             .bind(table)
             .bind(origin.as_str())
             .bind(below.to_string())
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("reading app-row coverage", e))?;
-        top.map(|t| parse_hlc("coverage", &t)).transpose()
+        highest(tops)
     }
 
     async fn scan(
@@ -223,8 +234,17 @@ impl AppRowStore for SqliteStore {
         }
 
         let mut out = Vec::with_capacity(rows.len());
+        let mut raised = Raised::default();
         for (r, k) in rows.iter().zip(keyed) {
             let version = r.timestamp.to_string();
+            // We hold the write lock: the version read here is the one the upsert sees.
+            let stored: Option<String> = sqlx::query_scalar(VERSION)
+                .bind(&r.app_id)
+                .bind(&r.table)
+                .bind(&k.key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error(DOING, e))?;
             let done = sqlx::query(UPSERT)
                 .bind(&r.app_id)
                 .bind(&r.table)
@@ -239,23 +259,18 @@ impl AppRowStore for SqliteStore {
                 .await
                 .map_err(|e| db_error(DOING, e))?;
             let outcome = if done.rows_affected() > 0 {
-                Applied::Written
-            } else {
-                let stored: String = sqlx::query_scalar(VERSION)
-                    .bind(&r.app_id)
-                    .bind(&r.table)
-                    .bind(&k.key)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| db_error(DOING, e))?;
-                if stored == version {
-                    Applied::Kept
-                } else {
-                    Applied::Superseded
+                if let Some(replaced) = &stored {
+                    raised.note((&r.app_id, &r.table), replaced)?;
                 }
+                Applied::Written
+            } else if stored.as_deref() == Some(version.as_str()) {
+                Applied::Kept
+            } else {
+                Applied::Superseded
             };
             out.push(outcome);
         }
+        raised.write(&mut tx, DOING).await?;
         tx.commit().await.map_err(|e| db_error(DOING, e))?;
         Ok(out)
     }

@@ -191,7 +191,8 @@ impl SqliteStore {
     /// The plans SQLite chooses for the queries a sync round runs on every page: coverage,
     /// `coverage_below` and scans, of records and of app rows. Each must go through the
     /// `(node_id, hlc)` indexes (`SEARCH ... USING [COVERING] INDEX`), never scan a table;
-    /// the tests check this, and `status` tooling can show it.
+    /// coverage also reads the stream's coverage floors by their primary key. The tests
+    /// check this, and `status` tooling can show it.
     pub async fn query_plans(&self) -> Result<Vec<QueryPlan>, StoreError> {
         use Arg::{Int, Text};
         const N: Arg = Text("node-a");

@@ -39,6 +39,24 @@ async fn hot_queries_use_the_node_hlc_indexes() {
         };
         let mut searches = 0;
         for step in p.plan.lines() {
+            // Coverage also reads the stream's coverage floors (decision 0008), a range of
+            // the small table's primary key.
+            if step.starts_with("SEARCH coverage_floors ") {
+                assert!(
+                    step.starts_with(
+                        "SEARCH coverage_floors USING PRIMARY KEY (app_id=? AND table_name=?"
+                    ),
+                    "{}: floors not read by their key: {step}\n{}",
+                    p.name,
+                    p.plan
+                );
+                assert!(
+                    p.name.contains("coverage"),
+                    "{}: reads the floors: {step}",
+                    p.name
+                );
+                continue;
+            }
             if step.starts_with("SEARCH ") {
                 assert!(
                     step.contains(&format!("USING COVERING INDEX {index}"))
@@ -64,6 +82,14 @@ async fn hot_queries_use_the_node_hlc_indexes() {
             );
         }
         assert!(searches > 0, "{}: no index search:\n{}", p.name, p.plan);
+        if p.name.contains("coverage") {
+            assert!(
+                p.plan.contains("SEARCH coverage_floors USING PRIMARY KEY"),
+                "{}: coverage without its floors:\n{}",
+                p.name,
+                p.plan
+            );
+        }
     }
     let scan = plans
         .iter()
@@ -140,6 +166,60 @@ async fn reopening_a_current_database_migrates_nothing() {
         .await
         .expect("journal mode");
     assert_eq!(mode, "wal", "the file is in WAL mode");
+}
+
+/// A database of schema version 1 (before coverage floors) is migrated on open, keeps its
+/// data, and starts keeping floors.
+#[tokio::test]
+async fn a_version_1_database_gains_coverage_floors() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("v1.sqlite");
+    let v1 = dir.path().join("v1-migrations");
+    std::fs::create_dir(&v1).expect("mkdir");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/0001_initial.sql"),
+        v1.join("0001_initial.sql"),
+    )
+    .expect("copy the first migration");
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .expect("create");
+    sqlx::migrate::Migrator::new(v1.as_path())
+        .await
+        .expect("version-1 migrator")
+        .run_direct(&mut conn)
+        .await
+        .expect("migrate to version 1");
+    sqlx::query(
+        "INSERT INTO shared_records (id, kind, record_type, created_at, hlc, node_id, \
+         version, content_hash, object_storage_key, size_bytes, origin_app_id) \
+         VALUES ('r1', 'data', 't', ?1, ?1, 'node-a', 1, '', '', 0, 'app')",
+    )
+    .bind(hlc(10, 0, "node-a").to_string())
+    .execute(&mut conn)
+    .await
+    .expect("a version-1 record");
+    conn.close().await.expect("close");
+
+    let store = SqliteStore::open(&path).await.expect("open migrates");
+    assert!(SqliteStore::schema_version() >= 2);
+    let replaced = hlc(10, 0, "node-a");
+    assert_eq!(
+        RecordStore::coverage(&store).await.expect("coverage"),
+        [replaced.clone()].into_iter().collect::<Watermarks>()
+    );
+    let new = hlc(20, 0, "node-b");
+    RecordStore::apply(&store, &[record("r1", &new)])
+        .await
+        .expect("replace");
+    assert_eq!(
+        RecordStore::coverage(&store).await.expect("coverage"),
+        [replaced, new].into_iter().collect::<Watermarks>()
+    );
+    store.close().await;
 }
 
 /// A batch that fails inside the database (here: a trigger refusing one item, after others
@@ -239,6 +319,97 @@ async fn nothing_half_written_survives_a_failed_batch() {
     conn.close().await.expect("close");
 }
 
+/// The coverage floor a replacement raises (decision 0008) is written in the batch's
+/// transaction: when that write fails, the replacement is rolled back with it, and when it
+/// succeeds the floor is there for every later reader.
+#[tokio::test]
+async fn a_failed_floor_write_rolls_back_the_batch() {
+    let (_dir, path, store) = fresh().await;
+    store.register(namespace()).await.expect("register");
+    let old = hlc(10, 0, "node-a");
+    let new = hlc(20, 0, "node-b");
+    RecordStore::apply(&store, &[record("r1", &old)])
+        .await
+        .expect("seed record");
+    AppRowStore::apply(&store, &[note("k1", &old)])
+        .await
+        .expect("seed row");
+
+    let mut conn = raw(&path).await;
+    sqlx::query(
+        "CREATE TRIGGER poison_floor BEFORE INSERT ON coverage_floors \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("trigger");
+    let failed = RecordStore::apply(&store, &[record("r1", &new), record("r2", &new)]).await;
+    assert!(
+        matches!(failed, Err(StoreError::Fatal { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(
+        RecordStore::get(&store, "r1").await.expect("get"),
+        Some(record("r1", &old)),
+        "the replacement was rolled back with its floor"
+    );
+    assert_eq!(RecordStore::get(&store, "r2").await.expect("get"), None);
+    let failed = AppRowStore::apply(&store, &[note("k1", &new)]).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(
+        AppRowStore::get(&store, APP, NOTES, &json!(["k1"]).to_string())
+            .await
+            .expect("get"),
+        Some(note("k1", &old))
+    );
+    // A batch that replaces nothing writes no floor and is not affected.
+    assert_eq!(
+        RecordStore::apply(&store, &[record("r2", &new)])
+            .await
+            .expect("apply"),
+        [Applied::Written]
+    );
+
+    sqlx::query("DROP TRIGGER poison_floor")
+        .execute(&mut conn)
+        .await
+        .expect("drop trigger");
+    RecordStore::apply(&store, &[record("r1", &new)])
+        .await
+        .expect("apply");
+    AppRowStore::apply(&store, &[note("k1", &new)])
+        .await
+        .expect("apply");
+    let floors: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT app_id, table_name, node_id, hlc FROM coverage_floors \
+         ORDER BY app_id, table_name, node_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("floors");
+    assert_eq!(
+        floors,
+        [
+            (
+                String::new(),
+                String::new(),
+                "node-a".into(),
+                old.to_string()
+            ),
+            (APP.into(), NOTES.into(), "node-a".into(), old.to_string()),
+        ]
+    );
+    let both: Watermarks = [old.clone(), new.clone()].into_iter().collect();
+    assert_eq!(RecordStore::coverage(&store).await.expect("coverage"), both);
+    assert_eq!(
+        AppRowStore::coverage(&store, APP, NOTES)
+            .await
+            .expect("coverage"),
+        both
+    );
+    conn.close().await.expect("close");
+}
+
 #[tokio::test]
 async fn a_busy_database_is_transient() {
     let (_dir, path, store) = fresh().await;
@@ -321,8 +492,10 @@ async fn concurrent_writers_converge_on_the_maximum() {
     let second = SqliteStore::open(&path).await.expect("second open");
     let items = 40_u64;
     let rounds = 5_u64;
+    // Each writer returns the highest of its versions that was written (held at some point).
     let writer = |store: SqliteStore, node: &'static str, offset: u64| {
         tokio::spawn(async move {
+            let mut written = Watermarks::new();
             for round in 0..rounds {
                 // Opposite orders on the two writers.
                 let mut batch: Vec<_> = (0..items)
@@ -331,13 +504,19 @@ async fn concurrent_writers_converge_on_the_maximum() {
                 if offset == 0 {
                     batch.reverse();
                 }
-                RecordStore::apply(&store, &batch).await.expect("apply");
+                let outcomes = RecordStore::apply(&store, &batch).await.expect("apply");
+                for (r, outcome) in batch.iter().zip(outcomes) {
+                    if outcome == Applied::Written {
+                        written.advance(&r.updated_at);
+                    }
+                }
             }
+            written
         })
     };
     let a = writer(first.clone(), "node-a", 0);
     let b = writer(second.clone(), "node-b", 50);
-    a.await.expect("writer a");
+    let held_a = a.await.expect("writer a");
     b.await.expect("writer b");
     let last = rounds - 1;
     for i in 0..items {
@@ -347,10 +526,13 @@ async fn concurrent_writers_converge_on_the_maximum() {
             .expect("stored");
         assert_eq!(stored.updated_at, hlc(last * 100 + 50 + i, 0, "node-b"));
     }
+    // node-b's newest version, and node-a's floor: the highest of its versions the store
+    // held before node-b's replaced it (decision 0008), whichever interleaving happened.
     assert_eq!(
         RecordStore::coverage(&second).await.expect("coverage"),
         [hlc(last * 100 + 50 + items - 1, 0, "node-b")]
             .into_iter()
             .collect::<Watermarks>()
+            .merged(&held_a)
     );
 }

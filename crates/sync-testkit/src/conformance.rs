@@ -3,8 +3,10 @@
 //! Every backend (in-memory, SQLite, PostgreSQL) runs the same cases, so a behaviour the
 //! exchange round relies on is pinned down once:
 //!
-//! - [`record_store_suite`]: last-write-wins apply, coverage (tombstones included, after
-//!   supersession), `coverage_below`, per-origin scans, get, and a seeded randomized check.
+//! - [`record_store_suite`]: last-write-wins apply, coverage (tombstones included, monotone
+//!   when another node's write replaces an origin's version: decision 0008),
+//!   `coverage_below` (honouring the floor, never at or above its bound), per-origin scans,
+//!   get, and a seeded randomized check.
 //! - [`app_row_store_suite`]: the same for app rows, plus namespace registration, batch
 //!   atomicity (an invalid row refuses the whole batch) and tombstones with composite keys.
 //! - [`sync_state_suite`]: per-channel state, the clock, commit replacing (not merging).
@@ -60,8 +62,9 @@ where
     records_lww_within_batch(&*make().await).await;
     records_get_round_trip(&*make().await).await;
     records_coverage(&*make().await).await;
-    records_coverage_after_supersede(&*make().await).await;
+    records_coverage_survives_replacement(&*make().await).await;
     records_coverage_below(&*make().await).await;
+    records_coverage_below_floor(&*make().await).await;
     records_scan(&*make().await).await;
     for seed in RANDOM_SEEDS {
         records_random(&*make().await, seed).await;
@@ -79,8 +82,9 @@ where
     rows_batch_atomic(&*make().await).await;
     rows_get_by_key(&*make().await).await;
     rows_coverage(&*make().await).await;
-    rows_coverage_after_supersede(&*make().await).await;
+    rows_coverage_survives_replacement(&*make().await).await;
     rows_coverage_below(&*make().await).await;
+    rows_coverage_below_floor(&*make().await).await;
     rows_scan(&*make().await).await;
     rows_unknown_table(&*make().await).await;
     rows_tombstone_composite_key(&*make().await).await;
@@ -375,8 +379,9 @@ pub async fn records_lww_within_batch(store: &dyn RecordStore) {
     );
     assert_eq!(
         expect_ok(CASE, "coverage", store.coverage().await),
-        wm(&[&hlc(6, 0, "n2")]),
-        "[{CASE}] n1's only version was superseded; n2's max is x@6 (y@4 is below it)"
+        wm(&[&v5, &hlc(6, 0, "n2")]),
+        "[{CASE}] n1's x@5 was held, then replaced by x@6 in the same batch: n1 stays \
+         covered up to 5; n2's max is x@6 (y@4 is below it)"
     );
     assert_eq!(
         apply_records(store, CASE, &[]).await,
@@ -469,10 +474,13 @@ pub async fn records_coverage(store: &dyn RecordStore) {
     );
 }
 
-/// When another node's write supersedes an origin node's highest version, that node's
-/// coverage falls back to its highest version still stored (or disappears).
-pub async fn records_coverage_after_supersede(store: &dyn RecordStore) {
-    const CASE: &str = "records_coverage_after_supersede";
+/// Coverage is monotone (decision 0008): when another node's write replaces an origin
+/// node's highest version, that node's coverage stays at the replaced version (the store
+/// held it; what replaced it is newer), even when nothing of that node is stored any more.
+/// An offer that loses (superseded) or repeats (kept) was never held in addition and raises
+/// nothing.
+pub async fn records_coverage_survives_replacement(store: &dyn RecordStore) {
+    const CASE: &str = "records_coverage_survives_replacement";
     let a5 = hlc(5, 0, "node-a");
     let a10 = hlc(10, 0, "node-a");
     let b20 = hlc(20, 0, "node-b");
@@ -482,22 +490,58 @@ pub async fn records_coverage_after_supersede(store: &dyn RecordStore) {
         expect_ok(CASE, "coverage", store.coverage().await),
         wm(&[&a10])
     );
-    apply_records(store, CASE, &[record("x", &b20)]).await;
+    assert_eq!(
+        apply_records(store, CASE, &[record("x", &b20)]).await,
+        [Applied::Written]
+    );
     assert_eq!(
         expect_ok(CASE, "coverage", store.coverage().await),
-        wm(&[&a5, &b20]),
-        "[{CASE}] node-a falls back to y@5"
+        wm(&[&a10, &b20]),
+        "[{CASE}] node-a's replaced x@10 stays covered (it does not fall back to y@5)"
     );
     apply_records(store, CASE, &[record_tombstone("y", &b30)]).await;
     assert_eq!(
         expect_ok(CASE, "coverage", store.coverage().await),
-        wm(&[&b30]),
-        "[{CASE}] node-a holds nothing any more"
+        wm(&[&a10, &b30]),
+        "[{CASE}] node-a holds nothing any more and is still covered up to 10"
     );
     assert_eq!(
         expect_ok(CASE, "scan", store.scan(&node("node-a"), None, 10).await),
         Vec::<SharedRecord>::new(),
         "[{CASE}] nothing of node-a left to scan"
+    );
+    // Losing and repeated offers change nothing: node-c was never held.
+    assert_eq!(
+        apply_records(
+            store,
+            CASE,
+            &[
+                record("x", &hlc(15, 0, "node-c")),
+                record("x", &b20),
+                record("x", &a10)
+            ]
+        )
+        .await,
+        [Applied::Superseded, Applied::Kept, Applied::Superseded]
+    );
+    assert_eq!(
+        expect_ok(CASE, "coverage", store.coverage().await),
+        wm(&[&a10, &b30]),
+        "[{CASE}] a superseded or kept offer raises no coverage"
+    );
+    // Replacing a lower version of node-a does not lower its floor.
+    apply_records(store, CASE, &[record("z", &hlc(3, 0, "node-a"))]).await;
+    apply_records(store, CASE, &[record("z", &hlc(40, 0, "node-b"))]).await;
+    assert_eq!(
+        expect_ok(CASE, "coverage", store.coverage().await),
+        wm(&[&a10, &hlc(40, 0, "node-b")]),
+        "[{CASE}] the floor only rises"
+    );
+    // An origin replacing its own version: the newer one is stored and covered.
+    apply_records(store, CASE, &[record("z", &hlc(45, 0, "node-b"))]).await;
+    assert_eq!(
+        expect_ok(CASE, "coverage", store.coverage().await),
+        wm(&[&a10, &hlc(45, 0, "node-b")])
     );
 }
 
@@ -559,6 +603,91 @@ pub async fn records_coverage_below(store: &dyn RecordStore) {
                 .await
         ),
         Some(b4),
+        "[{CASE}] per origin"
+    );
+    assert_eq!(
+        expect_ok(
+            CASE,
+            "coverage_below",
+            store
+                .coverage_below(&node("node-c"), &hlc(99, 0, "node-c"))
+                .await
+        ),
+        None,
+        "[{CASE}] unknown origin"
+    );
+}
+
+/// `coverage_below` honours the floor: the highest version of the origin strictly below the
+/// bound that the store holds or has replaced, and never a version at or above the bound
+/// (under-reporting is safe, over-reporting is not).
+pub async fn records_coverage_below_floor(store: &dyn RecordStore) {
+    const CASE: &str = "records_coverage_below_floor";
+    let a = node("node-a");
+    let a1 = hlc(1, 0, "node-a");
+    let a3 = hlc(3, 0, "node-a");
+    let a5 = hlc(5, 0, "node-a");
+    apply_records(
+        store,
+        CASE,
+        &[record("r1", &a1), record("r3", &a3), record("r5", &a5)],
+    )
+    .await;
+    // node-b replaces node-a's newest version: node-a's floor is 5.
+    apply_records(store, CASE, &[record("r5", &hlc(6, 0, "node-b"))]).await;
+    assert_eq!(
+        expect_ok(CASE, "coverage", store.coverage().await),
+        wm(&[&a5, &hlc(6, 0, "node-b")]),
+        "[{CASE}] coverage does not go down"
+    );
+    let below = |bound: Hlc| {
+        let a = a.clone();
+        async move {
+            let got = expect_ok(
+                CASE,
+                "coverage_below",
+                store.coverage_below(&a, &bound).await,
+            );
+            assert!(
+                got.as_ref().is_none_or(|g| *g < bound),
+                "[{CASE}] coverage_below({bound}) = {got:?} is not strictly below its bound"
+            );
+            got
+        }
+    };
+    assert_eq!(
+        below(hlc(9, 0, "node-a")).await,
+        Some(a5.clone()),
+        "[{CASE}] the floor counts"
+    );
+    assert_eq!(
+        below(hlc(5, 1, "node-a")).await,
+        Some(a5.clone()),
+        "[{CASE}] the floor just below the bound"
+    );
+    assert_eq!(
+        below(a5.clone()).await,
+        Some(a3.clone()),
+        "[{CASE}] a floor at the bound is not reported; the stored version below it is"
+    );
+    assert_eq!(below(hlc(4, 0, "node-a")).await, Some(a3.clone()));
+    assert_eq!(below(a3.clone()).await, Some(a1.clone()));
+    assert_eq!(below(a1.clone()).await, None);
+    // node-a's lowest version is replaced too; the floor stays 5, and below 3 nothing
+    // is reported any more (the floor keeps the maximum only: an under-report, safe).
+    apply_records(store, CASE, &[record("r1", &hlc(7, 0, "node-b"))]).await;
+    assert_eq!(below(a3.clone()).await, None);
+    assert_eq!(below(a5.clone()).await, Some(a3.clone()));
+    assert_eq!(below(hlc(99, 0, "node-a")).await, Some(a5.clone()));
+    assert_eq!(
+        expect_ok(
+            CASE,
+            "coverage_below",
+            store
+                .coverage_below(&node("node-b"), &hlc(99, 0, "node-b"))
+                .await
+        ),
+        Some(hlc(7, 0, "node-b")),
         "[{CASE}] per origin"
     );
     assert_eq!(
@@ -776,13 +905,24 @@ impl HasVersion for AppRow {
     }
 }
 
+/// The reference of `coverage_below`: the highest stored version of `origin` strictly below
+/// `probe` (`stored` sorted), or the origin's floor if that is higher and still below it.
+fn reference_below(stored: &[Hlc], floors: &Watermarks, origin: &str, probe: &Hlc) -> Option<Hlc> {
+    let below = stored.iter().rev().find(|v| *v < probe).cloned();
+    let floor = floors.get(origin).filter(|f| *f < probe).cloned();
+    below.max(floor)
+}
+
 /// Randomized: random versions in random order end with the maximum per item, outcomes
-/// follow the reference fold, and coverage, `coverage_below` and paged scans agree with it.
+/// follow the reference fold, and coverage (stored versions and the floors of replaced
+/// ones), `coverage_below` and paged scans agree with it.
 pub async fn records_random(store: &dyn RecordStore, seed: u64) {
     const CASE: &str = "records_random";
     let mut rng = SplitMix64::new(seed);
     let offers = random_versions(&mut rng, 12, 120);
     let mut reference: BTreeMap<usize, Hlc> = BTreeMap::new();
+    // Per origin, the highest of its versions that a newer version replaced.
+    let mut floors = Watermarks::new();
     let mut rest = &offers[..];
     while !rest.is_empty() {
         let n = (1 + rng.below(8) as usize).min(rest.len());
@@ -802,7 +942,9 @@ pub async fn records_random(store: &dyn RecordStore, seed: u64) {
         for (item, v) in batch {
             let outcome = reference_outcome(reference.get(item), v);
             if outcome == Applied::Written {
-                reference.insert(*item, v.clone());
+                if let Some(replaced) = reference.insert(*item, v.clone()) {
+                    floors.advance(&replaced);
+                }
             }
             expected.push(outcome);
         }
@@ -818,11 +960,15 @@ pub async fn records_random(store: &dyn RecordStore, seed: u64) {
             .unwrap_or_else(|| panic!("[{CASE}] seed {seed}: item-{item} missing"));
         assert_eq!(&stored.updated_at, top, "[{CASE}] seed {seed}: item-{item}");
     }
-    let coverage: Watermarks = reference.values().cloned().collect();
+    let coverage: Watermarks = reference
+        .values()
+        .cloned()
+        .collect::<Watermarks>()
+        .merged(&floors);
     assert_eq!(
         expect_ok(CASE, "coverage", store.coverage().await),
         coverage,
-        "[{CASE}] seed {seed}: coverage equals the reference fold"
+        "[{CASE}] seed {seed}: coverage equals the reference fold (with floors)"
     );
     for origin in RANDOM_NODES {
         let mut versions: Vec<Hlc> = reference
@@ -837,8 +983,12 @@ pub async fn records_random(store: &dyn RecordStore, seed: u64) {
             async move { store.scan(&origin_id, above.as_ref(), limit).await }
         })
         .await;
-        for probe in versions.iter().chain([&hlc(1_700_000_000_003, 1, origin)]) {
-            let expected = versions.iter().rev().find(|v| *v < probe).cloned();
+        let offered = offers
+            .iter()
+            .map(|(_, v)| v)
+            .filter(|v| v.node_id().as_str() == origin);
+        for probe in offered.chain([&hlc(1_700_000_000_003, 1, origin)]) {
+            let expected = reference_below(&versions, &floors, origin, probe);
             assert_eq!(
                 expect_ok(
                     CASE,
@@ -1210,30 +1360,64 @@ pub async fn rows_coverage(store: &dyn AppRowStore) {
     );
 }
 
-/// Superseding an origin's highest row moves its coverage back to what it still holds.
-pub async fn rows_coverage_after_supersede(store: &dyn AppRowStore) {
-    const CASE: &str = "rows_coverage_after_supersede";
+/// Coverage per table is monotone (decision 0008): replacing an origin's highest row keeps
+/// that origin covered up to the replaced version, in that table only.
+pub async fn rows_coverage_survives_replacement(store: &dyn AppRowStore) {
+    const CASE: &str = "rows_coverage_survives_replacement";
     registered(store, CASE).await;
+    let other_ns = AppNamespace::new("other-app", vec![TableSpec::new(NOTES, &["id"])]);
+    expect_ok(CASE, "register", store.register(other_ns).await);
     let a5 = hlc(5, 0, "node-a");
     let a10 = hlc(10, 0, "node-a");
     let b20 = hlc(20, 0, "node-b");
-    apply_rows(store, CASE, &[note("x", &a10), note("y", &a5)]).await;
-    apply_rows(
-        store,
-        CASE,
-        &[row_delete(NOTES, &b20, json!({ "id": "x" }))],
-    )
-    .await;
+    let b21 = hlc(21, 0, "node-b");
+    let m = row_insert(
+        MEMBERS,
+        &hlc(3, 0, "node-a"),
+        json!({ "tenant": "t", "id": "m" }),
+    );
+    apply_rows(store, CASE, &[note("x", &a10), note("y", &a5), m]).await;
+    assert_eq!(
+        apply_rows(
+            store,
+            CASE,
+            &[row_delete(NOTES, &b20, json!({ "id": "x" }))]
+        )
+        .await,
+        [Applied::Written]
+    );
     assert_eq!(
         row_coverage(store, CASE, NOTES).await,
-        wm(&[&a5, &b20]),
-        "[{CASE}] node-a falls back to y@5"
+        wm(&[&a10, &b20]),
+        "[{CASE}] node-a's replaced x@10 stays covered (it does not fall back to y@5)"
     );
-    apply_rows(store, CASE, &[note("y", &hlc(21, 0, "node-b"))]).await;
+    apply_rows(store, CASE, &[note("y", &b21)]).await;
     assert_eq!(
         row_coverage(store, CASE, NOTES).await,
-        wm(&[&hlc(21, 0, "node-b")])
+        wm(&[&a10, &b21]),
+        "[{CASE}] node-a holds no note any more and is still covered up to 10"
     );
+    assert_eq!(
+        row_coverage(store, CASE, MEMBERS).await,
+        wm(&[&hlc(3, 0, "node-a")]),
+        "[{CASE}] the floor is per table"
+    );
+    assert_eq!(
+        expect_ok(CASE, "coverage", store.coverage("other-app", NOTES).await),
+        Watermarks::new(),
+        "[{CASE}] and per app"
+    );
+    // A losing or repeated offer raises nothing.
+    assert_eq!(
+        apply_rows(
+            store,
+            CASE,
+            &[note("y", &hlc(15, 0, "node-c")), note("y", &b21)]
+        )
+        .await,
+        [Applied::Superseded, Applied::Kept]
+    );
+    assert_eq!(row_coverage(store, CASE, NOTES).await, wm(&[&a10, &b21]));
 }
 
 /// `coverage_below` per (app, table, origin).
@@ -1288,6 +1472,69 @@ pub async fn rows_coverage_below(store: &dyn AppRowStore) {
         None,
         "[{CASE}] per origin"
     );
+}
+
+/// `coverage_below` per table honours that table's floor and never reports a version at or
+/// above its bound.
+pub async fn rows_coverage_below_floor(store: &dyn AppRowStore) {
+    const CASE: &str = "rows_coverage_below_floor";
+    registered(store, CASE).await;
+    let a1 = hlc(1, 0, "node-a");
+    let a3 = hlc(3, 0, "node-a");
+    let a5 = hlc(5, 0, "node-a");
+    apply_rows(
+        store,
+        CASE,
+        &[
+            note("k1", &a1),
+            row_delete(NOTES, &a3, json!({ "id": "k3" })),
+            note("k5", &a5),
+            row_insert(
+                MEMBERS,
+                &hlc(2, 0, "node-a"),
+                json!({ "tenant": "t", "id": "m" }),
+            ),
+        ],
+    )
+    .await;
+    apply_rows(store, CASE, &[note("k5", &hlc(6, 0, "node-b"))]).await;
+    assert_eq!(
+        row_coverage(store, CASE, NOTES).await,
+        wm(&[&a5, &hlc(6, 0, "node-b")]),
+        "[{CASE}] coverage does not go down"
+    );
+    let below = |table: &'static str, bound: Hlc| async move {
+        let got = expect_ok(
+            CASE,
+            "coverage_below",
+            store
+                .coverage_below(APP, table, &node("node-a"), &bound)
+                .await,
+        );
+        assert!(
+            got.as_ref().is_none_or(|g| *g < bound),
+            "[{CASE}] coverage_below({table}, {bound}) = {got:?} is not strictly below its bound"
+        );
+        got
+    };
+    assert_eq!(
+        below(NOTES, hlc(9, 0, "node-a")).await,
+        Some(a5.clone()),
+        "[{CASE}] the floor counts"
+    );
+    assert_eq!(
+        below(NOTES, a5.clone()).await,
+        Some(a3.clone()),
+        "[{CASE}] a floor at the bound is not reported"
+    );
+    assert_eq!(below(NOTES, a3.clone()).await, Some(a1.clone()));
+    assert_eq!(below(NOTES, a1.clone()).await, None);
+    assert_eq!(
+        below(MEMBERS, hlc(9, 0, "node-a")).await,
+        Some(hlc(2, 0, "node-a")),
+        "[{CASE}] another table's floor does not leak in"
+    );
+    assert_eq!(below("nope", hlc(9, 0, "node-a")).await, None);
 }
 
 /// Scans of one table return one origin's rows strictly above the bound, in version order,
@@ -1548,8 +1795,8 @@ pub async fn rows_tombstone_composite_key(store: &dyn AppRowStore) {
     }
     assert_eq!(
         row_coverage(store, CASE, MEMBERS).await,
-        wm(&[&del3]),
-        "[{CASE}] node-a's rows are all superseded"
+        wm(&[&v1, &del3]),
+        "[{CASE}] node-a's rows are all replaced; it stays covered up to them"
     );
 }
 
@@ -1585,6 +1832,8 @@ pub async fn rows_random(store: &dyn AppRowStore, seed: u64) {
         }
     };
     let mut reference: BTreeMap<usize, Hlc> = BTreeMap::new();
+    // Per table, per origin, the highest of its versions that a newer version replaced.
+    let mut floors: BTreeMap<&str, Watermarks> = BTreeMap::new();
     let mut rest = &offers[..];
     while !rest.is_empty() {
         let n = (1 + rng.below(8) as usize).min(rest.len());
@@ -1595,7 +1844,12 @@ pub async fn rows_random(store: &dyn AppRowStore, seed: u64) {
         for (item, v) in batch {
             let outcome = reference_outcome(reference.get(item), v);
             if outcome == Applied::Written {
-                reference.insert(*item, v.clone());
+                if let Some(replaced) = reference.insert(*item, v.clone()) {
+                    floors
+                        .entry(table_of(*item))
+                        .or_default()
+                        .advance(&replaced);
+                }
             }
             expected.push(outcome);
         }
@@ -1625,11 +1879,16 @@ pub async fn rows_random(store: &dyn AppRowStore, seed: u64) {
                 "[{CASE}] seed {seed}: {table}{key}"
             );
         }
-        let coverage: Watermarks = in_table.iter().map(|(_, v)| (*v).clone()).collect();
+        let table_floors = floors.get(table).cloned().unwrap_or_default();
+        let coverage: Watermarks = in_table
+            .iter()
+            .map(|(_, v)| (*v).clone())
+            .collect::<Watermarks>()
+            .merged(&table_floors);
         assert_eq!(
             row_coverage(store, CASE, table).await,
             coverage,
-            "[{CASE}] seed {seed}: coverage of {table}"
+            "[{CASE}] seed {seed}: coverage of {table} (with floors)"
         );
         for origin in RANDOM_NODES {
             let mut versions: Vec<Hlc> = in_table
@@ -1648,16 +1907,19 @@ pub async fn rows_random(store: &dyn AppRowStore, seed: u64) {
                 }
             })
             .await;
-            if let Some(top) = versions.last() {
-                let expected = versions.iter().rev().nth(1).cloned();
+            let offered = offers
+                .iter()
+                .filter(|(item, v)| table_of(*item) == table && v.node_id().as_str() == origin)
+                .map(|(_, v)| v);
+            for probe in offered.chain([&hlc(1_700_000_000_003, 1, origin)]) {
                 assert_eq!(
                     expect_ok(
                         CASE,
                         "coverage_below",
-                        store.coverage_below(APP, table, &origin_id, top).await
+                        store.coverage_below(APP, table, &origin_id, probe).await
                     ),
-                    expected,
-                    "[{CASE}] seed {seed}: coverage_below of {table}/{origin}"
+                    reference_below(&versions, &table_floors, origin, probe),
+                    "[{CASE}] seed {seed}: coverage_below({table}, {origin}, {probe})"
                 );
             }
         }
@@ -1853,6 +2115,11 @@ pub async fn record_store_reopen(first: &dyn RecordStore, second: &dyn RecordSto
     let a = hlc(10, 0, "node-a");
     let b = hlc(11, 0, "node-b");
     apply_records(first, CASE, &[record("r1", &a), record_tombstone("r2", &b)]).await;
+    // node-c's version of r3 is replaced: its floor must persist too.
+    let c = hlc(12, 0, "node-c");
+    let a2 = hlc(13, 0, "node-a");
+    apply_records(first, CASE, &[record("r3", &c)]).await;
+    apply_records(first, CASE, &[record("r3", &a2)]).await;
     assert_eq!(
         stored_record(second, CASE, "r1").await,
         Some(record("r1", &a))
@@ -1863,7 +2130,18 @@ pub async fn record_store_reopen(first: &dyn RecordStore, second: &dyn RecordSto
     );
     assert_eq!(
         expect_ok(CASE, "coverage", second.coverage().await),
-        wm(&[&a, &b])
+        wm(&[&a2, &b, &c]),
+        "[{CASE}] stored versions and the floor of a replaced one"
+    );
+    assert_eq!(
+        expect_ok(
+            CASE,
+            "coverage_below",
+            second
+                .coverage_below(&node("node-c"), &hlc(99, 0, "node-c"))
+                .await
+        ),
+        Some(c)
     );
     assert_eq!(
         apply_records(second, CASE, &[record("r1", &a)]).await,
@@ -1878,6 +2156,11 @@ pub async fn app_row_store_reopen(first: &dyn AppRowStore, second: &dyn AppRowSt
     registered(first, CASE).await;
     let v = hlc(10, 0, "node-a");
     apply_rows(first, CASE, &[note("k1", &v)]).await;
+    // node-c's version of k2 is replaced: its floor must persist too.
+    let c = hlc(12, 0, "node-c");
+    let b = hlc(13, 0, "node-b");
+    apply_rows(first, CASE, &[note("k2", &c)]).await;
+    apply_rows(first, CASE, &[note("k2", &b)]).await;
     assert_eq!(
         expect_ok(CASE, "namespace", second.namespace(APP).await),
         Some(namespace())
@@ -1886,5 +2169,15 @@ pub async fn app_row_store_reopen(first: &dyn AppRowStore, second: &dyn AppRowSt
         stored_row(second, CASE, NOTES, &note_key("k1")).await,
         Some(note("k1", &v))
     );
-    assert_eq!(row_coverage(second, CASE, NOTES).await, wm(&[&v]));
+    assert_eq!(row_coverage(second, CASE, NOTES).await, wm(&[&v, &b, &c]));
+    assert_eq!(
+        expect_ok(
+            CASE,
+            "coverage_below",
+            second
+                .coverage_below(APP, NOTES, &node("node-c"), &hlc(99, 0, "node-c"))
+                .await
+        ),
+        Some(c)
+    );
 }

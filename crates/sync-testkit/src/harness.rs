@@ -294,6 +294,20 @@ impl Side {
         self.rows.wipe();
         self.blobs.wipe();
     }
+
+    /// A handle on the same stores, clock and faults (a second connection to one node).
+    pub fn share(&self) -> Side {
+        Side {
+            node: self.node.clone(),
+            faults: self.faults.clone(),
+            records: self.records.clone(),
+            rows: self.rows.clone(),
+            state: self.state.clone(),
+            blobs: self.blobs.clone(),
+            clock: self.clock.clone(),
+            time: self.time.clone(),
+        }
+    }
 }
 
 /// A local node L (`local`) and the cloud C (`cloud`) on one channel.
@@ -326,6 +340,20 @@ impl Pair {
             responder_config: ResponderConfig::default(),
             transport_faults: Faults::new(),
             time,
+        }
+    }
+
+    /// A second device `node` (fresh stores, same wall clock) syncing the same channel
+    /// against the same cloud, with the same options and transport faults.
+    pub fn second_device(&self, node: &str) -> Pair {
+        Pair {
+            local: Side::new(node, self.time.clone()),
+            cloud: self.cloud.share(),
+            channel: self.channel.clone(),
+            config: self.config.clone(),
+            responder_config: self.responder_config.clone(),
+            transport_faults: self.transport_faults.clone(),
+            time: self.time.clone(),
         }
     }
 

@@ -131,6 +131,12 @@ fn index_below<K: Ord>(index: &VersionIndex<K>, origin: &NodeId, below: &Hlc) ->
         .map(|(h, _)| h.clone())
 }
 
+/// The floor of `origin` (the highest of its versions replaced by a newer version of the
+/// same item, decision 0008) if it is strictly below `below`.
+fn floor_below(floors: &Watermarks, origin: &NodeId, below: &Hlc) -> Option<Hlc> {
+    floors.get(origin.as_str()).filter(|f| *f < below).cloned()
+}
+
 fn index_scan<'a, K: Ord>(
     index: &'a VersionIndex<K>,
     origin: &NodeId,
@@ -156,6 +162,9 @@ fn lww(stored: Option<&Hlc>, offered: &Hlc) -> Applied {
 struct RecordsInner {
     by_id: HashMap<String, SharedRecord>,
     index: VersionIndex<String>,
+    /// Per origin node, the highest of its versions replaced by a newer version of the same
+    /// record (monotone coverage, decision 0008).
+    floors: Watermarks,
 }
 
 /// Shared records in memory.
@@ -183,7 +192,7 @@ impl MemoryRecordStore {
             .collect()
     }
 
-    /// Forgets everything (a wipe).
+    /// Forgets everything, coverage floors included (a wipe is data loss).
     pub fn wipe(&self) {
         *guard(&self.inner) = RecordsInner::default();
     }
@@ -195,7 +204,8 @@ impl RecordStore for MemoryRecordStore {
         if self.faults.fires(&FaultPoint::Coverage) {
             return Err(injected("coverage read"));
         }
-        Ok(index_coverage(&guard(&self.inner).index))
+        let inner = guard(&self.inner);
+        Ok(index_coverage(&inner.index).merged(&inner.floors))
     }
 
     async fn coverage_below(
@@ -206,7 +216,8 @@ impl RecordStore for MemoryRecordStore {
         if self.faults.fires(&FaultPoint::Coverage) {
             return Err(injected("coverage read"));
         }
-        Ok(index_below(&guard(&self.inner).index, origin, below))
+        let inner = guard(&self.inner);
+        Ok(index_below(&inner.index, origin, below).max(floor_below(&inner.floors, origin, below)))
     }
 
     async fn scan(
@@ -242,6 +253,7 @@ impl RecordStore for MemoryRecordStore {
                     if let Some(set) = inner.index.get_mut(old.node_id()) {
                         set.remove(&(old.clone(), r.id.clone()));
                     }
+                    inner.floors.advance(&old);
                 }
                 inner
                     .index
@@ -267,6 +279,9 @@ struct RowsInner {
     namespaces: BTreeMap<String, AppNamespace>,
     rows: BTreeMap<RowId, AppRow>,
     index: BTreeMap<(String, String), VersionIndex<String>>,
+    /// Per (app, table), per origin node, the highest of its versions replaced by a newer
+    /// version of the same row (monotone coverage, decision 0008).
+    floors: BTreeMap<(String, String), Watermarks>,
 }
 
 /// App rows in memory.
@@ -295,11 +310,13 @@ impl MemoryAppRowStore {
             .collect()
     }
 
-    /// Forgets every row (namespaces stay registered).
+    /// Forgets every row and the coverage floors (a wipe is data loss); namespaces stay
+    /// registered.
     pub fn wipe(&self) {
         let mut inner = guard(&self.inner);
         inner.rows.clear();
         inner.index.clear();
+        inner.floors.clear();
     }
 }
 
@@ -331,11 +348,16 @@ impl AppRowStore for MemoryAppRowStore {
             return Err(injected("coverage read"));
         }
         let inner = guard(&self.inner);
-        Ok(inner
+        let stream = (app_id.to_string(), table.to_string());
+        let mut coverage = inner
             .index
-            .get(&(app_id.to_string(), table.to_string()))
+            .get(&stream)
             .map(index_coverage)
-            .unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(floors) = inner.floors.get(&stream) {
+            coverage.merge(floors);
+        }
+        Ok(coverage)
     }
 
     async fn coverage_below(
@@ -349,10 +371,16 @@ impl AppRowStore for MemoryAppRowStore {
             return Err(injected("coverage read"));
         }
         let inner = guard(&self.inner);
-        Ok(inner
+        let stream = (app_id.to_string(), table.to_string());
+        let stored = inner
             .index
-            .get(&(app_id.to_string(), table.to_string()))
-            .and_then(|ix| index_below(ix, origin, below)))
+            .get(&stream)
+            .and_then(|ix| index_below(ix, origin, below));
+        let floor = inner
+            .floors
+            .get(&stream)
+            .and_then(|floors| floor_below(floors, origin, below));
+        Ok(stored.max(floor))
     }
 
     async fn scan(
@@ -404,14 +432,14 @@ impl AppRowStore for MemoryAppRowStore {
             let stored = inner.rows.get(&id).map(|s| s.timestamp.clone());
             let outcome = lww(stored.as_ref(), &r.timestamp);
             if outcome == Applied::Written {
-                let ix = inner
-                    .index
-                    .entry((r.app_id.clone(), r.table.clone()))
-                    .or_default();
+                let stream = (r.app_id.clone(), r.table.clone());
+                let RowsInner { index, floors, .. } = &mut *inner;
+                let ix = index.entry(stream.clone()).or_default();
                 if let Some(old) = stored {
                     if let Some(set) = ix.get_mut(old.node_id()) {
                         set.remove(&(old.clone(), key.clone()));
                     }
+                    floors.entry(stream).or_default().advance(&old);
                 }
                 ix.entry(r.origin().clone())
                     .or_default()

@@ -40,3 +40,41 @@ fn reopen() {
     let state = MemorySyncState::default();
     block_on(conformance::sync_state_reopen(&state, &state));
 }
+
+/// A wipe is data loss: it forgets the coverage floors with the items (decision 0008), so
+/// coverage goes down and a requester that cut its page above it is refused and re-ships.
+#[test]
+fn wipe_forgets_coverage_floors() {
+    use conformance::{hlc, namespace, note, record, APP, NOTES};
+    use sync_hlc::Watermarks;
+
+    let old = hlc(10, 0, "node-a");
+    let new = hlc(20, 0, "node-b");
+    let both: Watermarks = [old.clone(), new.clone()].into_iter().collect();
+
+    let records = MemoryRecordStore::default();
+    block_on(records.apply(&[record("r1", &old)])).unwrap();
+    block_on(records.apply(&[record("r1", &new)])).unwrap();
+    assert_eq!(block_on(records.coverage()).unwrap(), both);
+    records.wipe();
+    assert_eq!(block_on(records.coverage()).unwrap(), Watermarks::new());
+    assert_eq!(
+        block_on(records.coverage_below(old.node_id(), &hlc(99, 0, "node-a"))).unwrap(),
+        None
+    );
+
+    let rows = MemoryAppRowStore::default();
+    block_on(rows.register(namespace())).unwrap();
+    block_on(rows.apply(&[note("k1", &old)])).unwrap();
+    block_on(rows.apply(&[note("k1", &new)])).unwrap();
+    assert_eq!(block_on(rows.coverage(APP, NOTES)).unwrap(), both);
+    rows.wipe();
+    assert_eq!(
+        block_on(rows.coverage(APP, NOTES)).unwrap(),
+        Watermarks::new()
+    );
+    assert_eq!(
+        block_on(rows.coverage_below(APP, NOTES, old.node_id(), &hlc(99, 0, "node-a"))).unwrap(),
+        None
+    );
+}

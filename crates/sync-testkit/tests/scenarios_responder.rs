@@ -15,6 +15,10 @@
 //!   W-O14). An unknown *table* of the channel's own app halts its author, as RC-03 did.
 //! - Halted authors are reported to the requester (W-N9 fixed) and its round reports
 //!   `has_more` (items held back).
+//!
+//! Beyond the reference: coverage is monotone (decision 0008). When another device's write
+//! replaces an origin's newest version, the responder's report for that origin does not go
+//! down, so the origin's next shipment is not refused as a "coverage gap" (RW-08 below).
 
 use futures::executor::block_on;
 use sync_core::{ExchangeError, Responder, ResponderConfig};
@@ -95,9 +99,17 @@ fn rw04_the_indexed_report_equals_the_reference_fold() {
         side.put_record(&id, None);
         p.cloud.copy_record_from(side, &id);
     }
+    // The reference fold of the monotone contract (decision 0008): per origin, the highest
+    // version the cloud has held, stored now or replaced since. Every copy above was newer
+    // than what it replaced, so each was held.
     let mut fold = Watermarks::new();
     for r in p.cloud.records.all().values() {
         fold.advance(&r.updated_at);
+    }
+    for side in &authors {
+        for r in side.records.all().values() {
+            fold.advance(&r.updated_at);
+        }
     }
     let resp = respond(&p, ExchangeRequest::default()).unwrap();
     assert_eq!(resp.responder_watermarks, fold);
@@ -156,6 +168,71 @@ fn rw07_the_requester_stores_the_report_verbatim() {
     .responder_watermarks;
     assert_eq!(p.peer(), report);
     assert_eq!(p.peer().get("gone"), None);
+}
+
+/// RW-08 (decision 0008): device A writes r1 and r2 and syncs; device B overwrites r2 and
+/// syncs; A writes r3 and syncs. The cloud's report for A must not have dropped to r1 when
+/// B's version replaced r2, or A's r3 is refused once as a "coverage gap" (halted [A]) and
+/// costs a round.
+#[test]
+fn rw08_an_overwrite_by_another_device_does_not_lower_the_report() {
+    let a = Pair::drive();
+    let b = a.second_device("device-b");
+    a.local.put_record("r1", None);
+    let a2 = a.local.put_record("r2", None);
+    assert_eq!(ash(&a.round()), (0, 2, false));
+    assert_eq!(a.peer().get("local"), Some(&a2.updated_at));
+
+    assert_eq!(ash(&b.round()), (2, 0, false));
+    let b2 = b.local.put_record("r2", None);
+    assert_eq!(ash(&b.round()), (0, 1, false));
+    assert_eq!(a.cloud.record("r2").unwrap(), b2);
+    assert_eq!(
+        b.peer().get("local"),
+        Some(&a2.updated_at),
+        "the cloud still covers A's replaced r2"
+    );
+
+    let a3 = a.local.put_record("r3", None);
+    let r = a.round();
+    assert!(
+        r.halted_by_peer.is_empty() && r.peer_refusals.is_empty(),
+        "no coverage gap: {:?}",
+        r.peer_refusals
+    );
+    assert_eq!(ash(&r), (1, 1, false), "ships r3, receives B's r2");
+    assert_eq!(a.cloud.record("r3").unwrap(), a3);
+    assert_eq!(a.local.record("r2").unwrap(), b2);
+    assert_eq!(a.peer().get("local"), Some(&a3.updated_at));
+    assert_eq!(a.peer().get("device-b"), Some(&b2.updated_at));
+    assert_eq!(ash(&a.round()), (0, 0, false));
+    assert_eq!(ash(&b.round()), (1, 0, false));
+}
+
+/// RW-08 on an app channel: rows behave like records.
+#[test]
+fn rw08_an_overwrite_by_another_device_does_not_lower_the_report_of_a_table() {
+    let a = Pair::app();
+    let b = a.second_device("device-b");
+    a.local.put_row(TEST_TABLE, "r1", "a", None);
+    let a2 = a.local.put_row(TEST_TABLE, "r2", "a", None);
+    assert_eq!(ash(&a.round()), (0, 2, false));
+    assert_eq!(ash(&b.round()), (2, 0, false));
+    let b2 = b.local.put_row(TEST_TABLE, "r2", "b", None);
+    assert_eq!(ash(&b.round()), (0, 1, false));
+    assert_eq!(b.peer().get("local"), Some(&a2.timestamp));
+
+    let a3 = a.local.put_row(TEST_TABLE, "r3", "a", None);
+    let r = a.round();
+    assert!(
+        r.halted_by_peer.is_empty() && r.peer_refusals.is_empty(),
+        "no coverage gap: {:?}",
+        r.peer_refusals
+    );
+    assert_eq!(ash(&r), (1, 1, false));
+    assert_eq!(a.cloud.row(TEST_TABLE, "r3").unwrap(), a3);
+    assert_eq!(a.local.row(TEST_TABLE, "r2").unwrap(), b2);
+    assert_eq!(ash(&a.round()), (0, 0, false));
 }
 
 #[test]

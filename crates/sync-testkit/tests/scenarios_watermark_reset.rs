@@ -19,33 +19,6 @@ fn rounds(p: &Pair) -> Vec<(usize, usize, bool)> {
     p.until_converged().iter().map(ash).collect()
 }
 
-/// A handle on the same stores as `side` (a second connection to one cloud).
-fn share(side: &Side) -> Side {
-    Side {
-        node: side.node.clone(),
-        faults: side.faults.clone(),
-        records: side.records.clone(),
-        rows: side.rows.clone(),
-        state: side.state.clone(),
-        blobs: side.blobs.clone(),
-        clock: side.clock.clone(),
-        time: side.time.clone(),
-    }
-}
-
-/// A second device `node` syncing against the same cloud as `p`.
-fn second_device(p: &Pair, node: &str) -> Pair {
-    Pair {
-        local: Side::new(node, p.time.clone()),
-        cloud: share(&p.cloud),
-        channel: p.channel.clone(),
-        config: p.config.clone(),
-        responder_config: p.responder_config.clone(),
-        transport_faults: p.transport_faults.clone(),
-        time: p.time.clone(),
-    }
-}
-
 #[test]
 fn wr01_local_reset_on_a_shared_record_rebuilds_peer_without_change() {
     let p = Pair::drive();
@@ -228,7 +201,7 @@ fn wr12_a_false_coverage_claim_is_corrected_by_the_report() {
 #[test]
 fn wr13_after_a_cloud_wipe_any_author_is_reshipped() {
     let a = Pair::drive();
-    let b = second_device(&a, "device-b");
+    let b = a.second_device("device-b");
     let rec_a = a.local.put_record("recA", Some(b"a"));
     let rec_b = b.local.put_record("recB", Some(b"b"));
     a.round();
