@@ -6,7 +6,7 @@
 //! [`CountingStore`] wrappers that count every storage call (to prove what was *not* called)
 //! and can hold GETs back ([`Gate`]) to make races deterministic.
 //!
-//! ```ignore
+//! ```text
 //! mod memory {
 //!     sync_blobs::blob_conformance!(Some(sync_blobs::testing::Backend::memory()));
 //! }
