@@ -18,7 +18,8 @@ usage: cargo xtask <command>
 
 commands:
   test [-- <cargo test args>]   start PostgreSQL and an S3-compatible server on loopback,
-                                run `cargo test --workspace`, stop them
+                                run `cargo test --workspace`, then the scenario suite again
+                                on SQLite and on PostgreSQL, stop them
   sim --seeds N [--seed S] [-- <cargo test args>]
                                 run the seeded simulation (sync-testkit) over N seeds from S
                                 (default 0); `--seed S` alone replays seed S
@@ -120,7 +121,16 @@ fn test(cargo_args: &[String]) -> Result<()> {
     if let Some(s3) = &object_store {
         cmd.envs(s3.env());
     }
-    let tests = run(&mut cmd);
+    let postgres_url = server
+        .as_ref()
+        .map(postgres::TestPostgres::url)
+        .or_else(|| std::env::var(postgres::URL_VAR).ok());
+    let tests = run(&mut cmd).and_then(|()| {
+        if interrupted.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        scenarios_on_sql_backends(cargo_args, postgres_url.as_deref())
+    });
     let stopped = server.map_or(Ok(()), postgres::TestPostgres::stop);
     let s3_stopped = object_store.map_or(Ok(()), s3::TestS3::stop);
     if interrupted.load(Ordering::SeqCst) {
@@ -129,6 +139,63 @@ fn test(cargo_args: &[String]) -> Result<()> {
     tests?;
     stopped.context("the tests passed, but PostgreSQL did not stop cleanly")?;
     s3_stopped.context("the tests passed, but the S3-compatible server did not stop cleanly")
+}
+
+/// The environment variable that puts the scenario harness of sync-testkit on a backend.
+const BACKEND_VAR: &str = "STARKEEP_TEST_BACKEND";
+
+/// After the main run: the scenario suite of sync-testkit (`tests/scenarios_*.rs`) once more
+/// on SQLite and once on PostgreSQL. The binaries are the ones the main run built (the same
+/// `--workspace` feature set; the backend is read at run time), so nothing is rebuilt.
+///
+/// A narrowed run (cargo options such as `-p` before the test binaries' own `--`) skips
+/// this; the test binaries' arguments (a name filter, `--nocapture`) are passed on. Without
+/// a PostgreSQL URL the PostgreSQL pass is skipped loudly, or fails under `CI=true`.
+fn scenarios_on_sql_backends(cargo_args: &[String], postgres_url: Option<&str>) -> Result<()> {
+    let (cargo_options, binary_args) = split_passthrough(cargo_args);
+    if !cargo_options.is_empty() {
+        eprintln!(
+            "xtask: narrowed run ({}): the scenario suite is not repeated on SQLite and \
+             PostgreSQL; set {BACKEND_VAR}=sqlite or =postgres to pick one",
+            cargo_options.join(" ")
+        );
+        return Ok(());
+    }
+    for backend in ["sqlite", "postgres"] {
+        if backend == "postgres" && postgres_url.is_none() {
+            let what = format!(
+                "{} is not set: the scenario suite did NOT run on PostgreSQL",
+                postgres::URL_VAR
+            );
+            if xtask::in_ci() {
+                bail!("{what}; CI must run it");
+            }
+            eprintln!(
+                "\n{banner}\nxtask: WARNING: {what}.\n{banner}\n",
+                banner = "!".repeat(78)
+            );
+            continue;
+        }
+        let mut cmd = cargo();
+        cmd.args(["test", "--workspace", "--test", "scenarios_*"])
+            .env(BACKEND_VAR, backend);
+        if !binary_args.is_empty() {
+            cmd.arg("--").args(binary_args);
+        }
+        if let Some(url) = postgres_url {
+            cmd.env(postgres::URL_VAR, url);
+        }
+        eprintln!("xtask: the scenario suite on {backend} ({BACKEND_VAR}={backend})");
+        let started = Instant::now();
+        let result = run(&mut cmd);
+        eprintln!(
+            "xtask: the scenario suite on {backend} {} after {:.1?}",
+            if result.is_ok() { "passed" } else { "FAILED" },
+            started.elapsed()
+        );
+        result?;
+    }
+    Ok(())
 }
 
 /// Installs (once, into `.tools/`) and starts the S3-compatible server, unless the

@@ -1,8 +1,13 @@
-//! A local node and a responder wired together in memory, for scenario tests.
+//! A local node and a responder wired together in one process, for scenario tests.
 //!
 //! Mirrors the reference harness (shared/scenarios.md §0.4): both sides read one wall clock
 //! that starts at 1000 and moves by 1 ms on every read, so a later operation always wins
 //! last-write-wins; blobs are content-addressed; faults are armed per side.
+//!
+//! Each side keeps its records, rows and sync state on the [`Backend`] that
+//! `STARKEEP_TEST_BACKEND` names (in memory by default, or a SQLite file, or a PostgreSQL
+//! schema), behind the fault-injecting wrappers of [`faulty`](crate::faulty); its blobs are
+//! always in memory (the blob stores have their own conformance suite in `sync-blobs`).
 
 use std::sync::{Arc, Mutex};
 
@@ -16,9 +21,10 @@ use sync_core::{
 use sync_hlc::{Clock, ClockConfig, Hlc, NodeId, Watermarks};
 use sync_protocol::{AppRow, RowOp, RowValues, SharedRecord, RESERVED_TABLE};
 
-use crate::memory::{
-    sha256_hex, Faults, FaultyTransport, ManualTime, MemoryAppRowStore, MemoryBlobs,
-    MemoryRecordStore, MemorySyncState, MemoryTransfer,
+use crate::{
+    backend::Backend,
+    faulty::{FaultyAppRowStore, FaultyRecordStore, FaultySyncState},
+    memory::{sha256_hex, Faults, FaultyTransport, ManualTime, MemoryBlobs, MemoryTransfer},
 };
 
 /// The app the harness registers on both sides.
@@ -31,18 +37,20 @@ pub fn test_namespace() -> AppNamespace {
     AppNamespace::new(TEST_APP, vec![TableSpec::new(TEST_TABLE, &["id"])])
 }
 
-/// One side (a device or the cloud) with in-memory ports.
+/// One side (a device or the cloud): its stores on one backend, blobs in memory.
 pub struct Side {
     /// Node id.
     pub node: NodeId,
     /// Faults of this side's ports.
     pub faults: Arc<Faults>,
+    /// The backend of its stores.
+    pub backend: Backend,
     /// Shared records.
-    pub records: Arc<MemoryRecordStore>,
+    pub records: Arc<FaultyRecordStore>,
     /// App rows.
-    pub rows: Arc<MemoryAppRowStore>,
+    pub rows: Arc<FaultyAppRowStore>,
     /// Sync state.
-    pub state: Arc<MemorySyncState>,
+    pub state: Arc<FaultySyncState>,
     /// Object storage.
     pub blobs: Arc<MemoryBlobs>,
     /// Clock.
@@ -55,16 +63,29 @@ pub struct Side {
 pub type Blob<'a> = Option<&'a [u8]>;
 
 impl Side {
-    /// A side with empty stores and [`test_namespace`] registered.
+    /// A side with empty stores on the backend `STARKEEP_TEST_BACKEND` names
+    /// ([`Backend::from_env`]) and [`test_namespace`] registered.
     pub fn new(node: &str, time: Arc<dyn TimeSource>) -> Self {
+        Self::on(Backend::from_env(), node, time)
+    }
+
+    /// [`new`](Self::new) in memory, whatever the environment says (the simulator).
+    pub fn in_memory(node: &str, time: Arc<dyn TimeSource>) -> Self {
+        Self::on(Backend::Memory, node, time)
+    }
+
+    /// [`new`](Self::new) on `backend`.
+    pub fn on(backend: Backend, node: &str, time: Arc<dyn TimeSource>) -> Self {
         let faults = Faults::new();
         let node = NodeId::new(node).expect("valid node id");
+        let stores = backend.open();
         let side = Self {
             clock: Arc::new(Mutex::new(Clock::new(node.clone(), ClockConfig::default()))),
             node,
-            records: Arc::new(MemoryRecordStore::new(faults.clone())),
-            rows: Arc::new(MemoryAppRowStore::new(faults.clone())),
-            state: Arc::new(MemorySyncState::new(faults.clone())),
+            backend,
+            records: Arc::new(FaultyRecordStore::new(stores.clone(), faults.clone())),
+            rows: Arc::new(FaultyAppRowStore::new(stores.clone(), faults.clone())),
+            state: Arc::new(FaultySyncState::new(stores, faults.clone())),
             blobs: Arc::new(MemoryBlobs::new(faults.clone())),
             faults,
             time,
@@ -288,10 +309,13 @@ impl Side {
         self.apply_row(&r);
     }
 
-    /// Wipes every record, row and blob (a cloud reset).
+    /// Wipes every record, row and blob (a cloud reset): records and rows move to a fresh
+    /// database of the same backend, with the same namespaces registered. Coverage floors
+    /// go too (a wipe is data loss); the sync state stays where it was.
     pub fn wipe(&self) {
-        self.records.wipe();
-        self.rows.wipe();
+        let fresh = self.backend.open();
+        self.records.replace(fresh.clone());
+        self.rows.replace(fresh);
         self.blobs.wipe();
     }
 
@@ -300,6 +324,7 @@ impl Side {
         Side {
             node: self.node.clone(),
             faults: self.faults.clone(),
+            backend: self.backend,
             records: self.records.clone(),
             rows: self.rows.clone(),
             state: self.state.clone(),

@@ -4,10 +4,14 @@
 //!   injection (blob put/get failures per key, apply, scan and coverage-read failures,
 //!   transport failures before and after send, wipes and resets).
 //! - [`conformance`]: one suite per port, run unchanged against every implementation.
-//! - [`harness`]: a local node and a responder wired together, for scenario tests.
+//! - [`harness`]: a local node and a responder wired together, for scenario tests, on the
+//!   [`backend`] `STARKEEP_TEST_BACKEND` names (memory, SQLite or PostgreSQL) behind the
+//!   fault-injecting wrappers of [`faulty`].
 //! - [`sim`]: the seeded deterministic simulator that checks the invariants.
 
+pub mod backend;
 pub mod conformance;
+pub mod faulty;
 pub mod harness;
 pub mod memory;
 pub mod sim;

@@ -112,6 +112,58 @@ fn injected(what: &str) -> StoreError {
     StoreError::transient(format!("injected fault: {what}"))
 }
 
+/// [`FaultPoint::Coverage`]: fails a coverage read (of records or rows) when it fires.
+pub(crate) fn coverage_fault(faults: &Faults) -> Result<(), StoreError> {
+    match faults.fires(&FaultPoint::Coverage) {
+        true => Err(injected("coverage read")),
+        false => Ok(()),
+    }
+}
+
+/// [`FaultPoint::Scan`]: fails a scan (of records or rows) when it fires.
+pub(crate) fn scan_fault(faults: &Faults) -> Result<(), StoreError> {
+    match faults.fires(&FaultPoint::Scan) {
+        true => Err(injected("scan")),
+        false => Ok(()),
+    }
+}
+
+/// [`FaultPoint::Apply`]: fails a batch of records, before anything is written, when the
+/// fault of one of its records fires (only the first one armed counts down).
+pub(crate) fn record_apply_fault(
+    faults: &Faults,
+    records: &[SharedRecord],
+) -> Result<(), StoreError> {
+    match records
+        .iter()
+        .find(|r| faults.fires(&FaultPoint::Apply(r.id.clone())))
+    {
+        Some(r) => Err(injected(&format!("apply of record {}", r.id))),
+        None => Ok(()),
+    }
+}
+
+/// [`FaultPoint::Apply`]: fails a batch of rows, before anything is written, when the fault
+/// named by one of its rows' `id` column fires.
+pub(crate) fn row_apply_fault(faults: &Faults, rows: &[AppRow]) -> Result<(), StoreError> {
+    match rows
+        .iter()
+        .filter_map(row_name)
+        .find(|n| faults.fires(&FaultPoint::Apply(n.clone())))
+    {
+        Some(name) => Err(injected(&format!("apply of row {name}"))),
+        None => Ok(()),
+    }
+}
+
+/// [`FaultPoint::StateCommit`]: fails a sync-state commit when it fires.
+pub(crate) fn commit_fault(faults: &Faults) -> Result<(), StoreError> {
+    match faults.fires(&FaultPoint::StateCommit) {
+        true => Err(injected("state commit")),
+        false => Ok(()),
+    }
+}
+
 /// Per origin node, versions in order with the item they belong to.
 type VersionIndex<K> = BTreeMap<NodeId, BTreeSet<(Hlc, K)>>;
 
@@ -201,9 +253,7 @@ impl MemoryRecordStore {
 #[async_trait]
 impl RecordStore for MemoryRecordStore {
     async fn coverage(&self) -> Result<Watermarks, StoreError> {
-        if self.faults.fires(&FaultPoint::Coverage) {
-            return Err(injected("coverage read"));
-        }
+        coverage_fault(&self.faults)?;
         let inner = guard(&self.inner);
         Ok(index_coverage(&inner.index).merged(&inner.floors))
     }
@@ -213,9 +263,7 @@ impl RecordStore for MemoryRecordStore {
         origin: &NodeId,
         below: &Hlc,
     ) -> Result<Option<Hlc>, StoreError> {
-        if self.faults.fires(&FaultPoint::Coverage) {
-            return Err(injected("coverage read"));
-        }
+        coverage_fault(&self.faults)?;
         let inner = guard(&self.inner);
         Ok(index_below(&inner.index, origin, below).max(floor_below(&inner.floors, origin, below)))
     }
@@ -226,9 +274,7 @@ impl RecordStore for MemoryRecordStore {
         above: Option<&Hlc>,
         limit: usize,
     ) -> Result<Vec<SharedRecord>, StoreError> {
-        if self.faults.fires(&FaultPoint::Scan) {
-            return Err(injected("scan"));
-        }
+        scan_fault(&self.faults)?;
         let inner = guard(&self.inner);
         Ok(index_scan(&inner.index, origin, above)
             .take(limit)
@@ -237,12 +283,7 @@ impl RecordStore for MemoryRecordStore {
     }
 
     async fn apply(&self, records: &[SharedRecord]) -> Result<Vec<Applied>, StoreError> {
-        if let Some(r) = records
-            .iter()
-            .find(|r| self.faults.fires(&FaultPoint::Apply(r.id.clone())))
-        {
-            return Err(injected(&format!("apply of record {}", r.id)));
-        }
+        record_apply_fault(&self.faults, records)?;
         let mut inner = guard(&self.inner);
         let mut out = Vec::with_capacity(records.len());
         for r in records {
@@ -344,9 +385,7 @@ impl AppRowStore for MemoryAppRowStore {
     }
 
     async fn coverage(&self, app_id: &str, table: &str) -> Result<Watermarks, StoreError> {
-        if self.faults.fires(&FaultPoint::Coverage) {
-            return Err(injected("coverage read"));
-        }
+        coverage_fault(&self.faults)?;
         let inner = guard(&self.inner);
         let stream = (app_id.to_string(), table.to_string());
         let mut coverage = inner
@@ -367,9 +406,7 @@ impl AppRowStore for MemoryAppRowStore {
         origin: &NodeId,
         below: &Hlc,
     ) -> Result<Option<Hlc>, StoreError> {
-        if self.faults.fires(&FaultPoint::Coverage) {
-            return Err(injected("coverage read"));
-        }
+        coverage_fault(&self.faults)?;
         let inner = guard(&self.inner);
         let stream = (app_id.to_string(), table.to_string());
         let stored = inner
@@ -391,9 +428,7 @@ impl AppRowStore for MemoryAppRowStore {
         above: Option<&Hlc>,
         limit: usize,
     ) -> Result<Vec<AppRow>, StoreError> {
-        if self.faults.fires(&FaultPoint::Scan) {
-            return Err(injected("scan"));
-        }
+        scan_fault(&self.faults)?;
         let inner = guard(&self.inner);
         let Some(ix) = inner.index.get(&(app_id.to_string(), table.to_string())) else {
             return Ok(Vec::new());
@@ -405,13 +440,7 @@ impl AppRowStore for MemoryAppRowStore {
     }
 
     async fn apply(&self, rows: &[AppRow]) -> Result<Vec<Applied>, StoreError> {
-        if let Some(name) = rows
-            .iter()
-            .filter_map(row_name)
-            .find(|n| self.faults.fires(&FaultPoint::Apply(n.clone())))
-        {
-            return Err(injected(&format!("apply of row {name}")));
-        }
+        row_apply_fault(&self.faults, rows)?;
         let mut inner = guard(&self.inner);
         // Check the whole batch first: it applies atomically or not at all.
         let mut keyed = Vec::with_capacity(rows.len());
@@ -533,9 +562,7 @@ impl SyncStateStore for MemorySyncState {
         state: &ChannelState,
         clock: ClockState,
     ) -> Result<(), StoreError> {
-        if self.faults.fires(&FaultPoint::StateCommit) {
-            return Err(injected("state commit"));
-        }
+        commit_fault(&self.faults)?;
         guard(&self.channels).insert(channel.clone(), state.clone());
         *guard(&self.clock) = Some(clock);
         Ok(())

@@ -229,7 +229,7 @@ fn overstated(w: Watermarks) -> Watermarks {
 }
 
 #[async_trait]
-impl RecordStore for Overstating<crate::memory::MemoryRecordStore> {
+impl RecordStore for Overstating<crate::faulty::FaultyRecordStore> {
     async fn coverage(&self) -> Result<Watermarks, StoreError> {
         self.0.coverage().await.map(overstated)
     }
@@ -257,7 +257,7 @@ impl RecordStore for Overstating<crate::memory::MemoryRecordStore> {
 }
 
 #[async_trait]
-impl AppRowStore for Overstating<crate::memory::MemoryAppRowStore> {
+impl AppRowStore for Overstating<crate::faulty::FaultyAppRowStore> {
     async fn register(&self, namespace: AppNamespace) -> Result<(), StoreError> {
         self.0.register(namespace).await
     }
@@ -327,7 +327,7 @@ impl World {
                     offset_ms: AtomicI64Wrapper::new(0),
                 });
                 Device {
-                    side: Side::new(&format!("dev-{i}"), offset.clone()),
+                    side: Side::in_memory(&format!("dev-{i}"), offset.clone()),
                     offset,
                     transport_faults: Faults::new(),
                     last_written: None,
@@ -337,7 +337,7 @@ impl World {
         Self {
             seed,
             rng,
-            server: Side::new("cloud-server", base.clone()),
+            server: Side::in_memory("cloud-server", base.clone()),
             base,
             devices,
             log: Vec::new(),

@@ -22,13 +22,14 @@ use sync_core::{
 };
 use sync_hlc::{ClockConfig, ClockState, Hlc, NodeId, Watermarks};
 use sync_testkit::{
+    faulty::FaultySyncState,
     harness::{ash, Pair, TEST_APP},
     memory::{FaultMode, FaultPoint, FaultyTransport, MemorySyncState, MemoryTransfer},
 };
 
 /// Counts the state-store calls of the rounds, delegating to the pair's store.
 struct Counting {
-    inner: Arc<MemorySyncState>,
+    inner: Arc<FaultySyncState>,
     loads: AtomicUsize,
     commits: AtomicUsize,
 }
