@@ -5,6 +5,7 @@
 //! ([`tidy`]) and the throwaway PostgreSQL and S3-compatible servers that `cargo xtask test`
 //! starts ([`postgres`], [`s3`]). See `docs/testing.md` for how they fit together.
 
+pub mod bench;
 pub mod fixtures;
 pub mod postgres;
 pub mod s3;

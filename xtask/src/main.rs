@@ -25,6 +25,9 @@ commands:
                                 (default 0); `--seed S` alone replays seed S
   fixtures [--check]            write the golden wire fixtures of sync-protocol (or check them)
   tidy                          check that the pure crates have no I/O dependency or clock read
+  bench [--quick] [-- <bench args>]
+                                build `starkeep-sync` in release, run its benchmark suite and
+                                write the figures into docs/benchmarks.md
   ci                            fmt, clippy, docs, tidy, fixtures --check, then test
 ";
 
@@ -59,6 +62,11 @@ fn dispatch(args: &[String]) -> Result<()> {
             expect_no_options(command, options)?;
             check_tidy()
         }
+        "bench" => match options {
+            [] => xtask::bench::run(false, passthrough),
+            [flag] if flag == "--quick" => xtask::bench::run(true, passthrough),
+            _ => bail!("usage: cargo xtask bench [--quick] [-- <starkeep-sync bench args>]"),
+        },
         "ci" => {
             expect_no_options(command, options)?;
             ci()

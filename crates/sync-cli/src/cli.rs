@@ -120,6 +120,11 @@ enum Command {
     },
     /// A server and two nodes on loopback: writes, conflicts, deletes, convergence.
     Demo,
+    /// The benchmark suite: rounds over loopback HTTP, SQLite on both sides (docs/benchmarks.md).
+    Bench(crate::bench::BenchArgs),
+    /// One side of a benchmark run (started by `bench`).
+    #[command(hide = true)]
+    BenchChild(crate::bench::ChildArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +275,8 @@ pub async fn run(args: Args) -> Result<u8> {
         } => sync(&home, until_idle, page_limit, channel.as_deref(), json).await,
         Command::Status { json } => status(&home, json).await,
         Command::Demo => crate::demo::run().await,
+        Command::Bench(a) => crate::bench::run(a).await,
+        Command::BenchChild(a) => crate::bench::child(a).await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `starkeep-sync`: serve, sync and inspect a Starkeep node from the command line.
 
+mod bench;
 mod cli;
 mod demo;
 mod files;

@@ -12,7 +12,7 @@ use sync_blobs::{ObjectBlobs, S3Config};
 use sync_engine::{
     core::{
         AppRowStore, BlobStore, ChannelData, ExchangeTransport, RecordStore, Responder,
-        ResponderConfig, ResponderParts,
+        ResponderConfig, ResponderParts, RoundConfig,
     },
     hlc::{Clock, ClockConfig, NodeId},
     AppNamespace, Channel, SystemClock,
@@ -100,6 +100,26 @@ fn server_node_id(data: Option<&PathBuf>) -> Result<NodeId> {
 
 /// Starts serving; returns once the listener is bound.
 pub async fn start(options: ServerOptions) -> Result<RunningServer> {
+    start_with(options, |service| service).await
+}
+
+/// [`start`], serving `wrap(service)`: more tower layers around the sync service (the
+/// benchmark counts the bytes on the wire this way).
+pub async fn start_with<S, B>(
+    options: ServerOptions,
+    wrap: impl FnOnce(SyncService) -> S,
+) -> Result<RunningServer>
+where
+    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<sync_http::BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<sync_http::BoxError>,
+{
     let (records, rows, state_dir, blobs): (Arc<dyn RecordStore>, Arc<dyn AppRowStore>, _, _) =
         match &options.storage {
             Storage::Embedded { data } => {
@@ -138,7 +158,11 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer> {
     let node = server_node_id(state_dir.as_ref())?;
     let clock = Arc::new(Mutex::new(Clock::new(node, ClockConfig::default())));
     let blob_check: Arc<dyn BlobStore> = Arc::new(blobs.clone());
-    let config = ResponderConfig::default().with_max_limit(options.max_limit);
+    // A default page (1000 items) plus the has-more probe in one scan per origin node, not
+    // three of 500, 500 and 1.
+    let config = ResponderConfig::default()
+        .with_max_limit(options.max_limit)
+        .with_scan_page_size(RoundConfig::default().page_limit + 1);
     let mut responders: HashMap<Channel, Arc<dyn ExchangeTransport>> = HashMap::new();
     let channels = std::iter::once(Channel::Drive)
         .chain(options.apps.iter().map(|a| Channel::App(a.app_id.clone())));
@@ -172,7 +196,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer> {
     })?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(sync_http::serve(listener, service, async {
+    let task = tokio::spawn(sync_http::serve(listener, wrap(service), async {
         let _ = rx.await;
     }));
     Ok(RunningServer {

@@ -7,6 +7,7 @@ use sync_hlc::{Hlc, NodeId, Watermarks};
 use sync_protocol::SharedRecord;
 
 use crate::{
+    batch,
     codec::{col, parse_hlc, parse_opt_hlc},
     error::{db_error, to_i64, to_u64},
     floors::{self, Raised},
@@ -22,13 +23,15 @@ macro_rules! record_columns {
     };
 }
 
-/// Last-write-wins as one conditional upsert: the stored row changes only when the offered
-/// version is higher (the string form orders like the timestamps, ties by node id).
-const UPSERT: &str = "\
+/// Last-write-wins as a conditional upsert: a stored row changes only when the offered
+/// version is higher (the string form orders like the timestamps, ties by node id). Written
+/// many rows per statement ([`UPSERT_ROWS`]), after the batch was decided (see `batch`).
+const UPSERT_HEAD: &str = "\
 INSERT INTO shared_records (id, kind, record_type, created_at, hlc, node_id, deleted_at, \
     version, content_hash, object_storage_key, mime_type, size_bytes, original_filename, \
-    origin_app_id, parent_id, label) \
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+    origin_app_id, parent_id, label)";
+
+const UPSERT_TAIL: &str = "\
 ON CONFLICT (id) DO UPDATE SET \
     kind = excluded.kind, record_type = excluded.record_type, \
     created_at = excluded.created_at, hlc = excluded.hlc, node_id = excluded.node_id, \
@@ -39,9 +42,18 @@ ON CONFLICT (id) DO UPDATE SET \
     parent_id = excluded.parent_id, label = excluded.label \
 WHERE excluded.hlc > shared_records.hlc";
 
-/// The stored version of one record, read before its upsert: if the upsert replaces it, it
-/// raises its origin's coverage floor.
-const VERSION: &str = "SELECT hlc FROM shared_records WHERE id = ?1";
+/// Parameters per upserted record.
+const UPSERT_COLUMNS: usize = 16;
+
+/// Records per upsert statement: 32 x 16 parameters stays below the 999 that older SQLite
+/// builds allow.
+const UPSERT_ROWS: usize = 32;
+
+/// The stored versions of a batch's records (a JSON array of ids), read before it is
+/// applied: they decide the outcomes, and a replaced version raises its origin's coverage
+/// floor.
+pub(crate) const VERSIONS: &str = "\
+SELECT id, hlc FROM shared_records WHERE id IN (SELECT value FROM json_each(?1))";
 
 const GET: &str = concat!(
     "SELECT ",
@@ -177,54 +189,75 @@ impl RecordStore for SqliteStore {
             return Ok(Vec::new());
         }
         const DOING: &str = "applying shared records";
-        // One transaction per batch: on any error it is dropped unfinished and rolls back.
-        let mut tx = self.begin_write(DOING).await?;
-        let mut out = Vec::with_capacity(records.len());
-        let mut raised = Raised::default();
+        // Refuse what the schema cannot hold before writing anything.
+        let mut numbers = Vec::with_capacity(records.len());
         for r in records {
-            let version = r.updated_at.to_string();
-            // We hold the write lock: the version read here is the one the upsert sees.
-            let stored: Option<String> = sqlx::query_scalar(VERSION)
-                .bind(&r.id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| db_error(DOING, e))?;
-            let done = sqlx::query(UPSERT)
-                .bind(&r.id)
-                .bind(&r.kind)
-                .bind(&r.record_type)
-                .bind(r.created_at.to_string())
-                .bind(&version)
-                .bind(r.origin().as_str())
-                .bind(r.deleted_at.as_ref().map(Hlc::to_string))
-                .bind(to_i64("record version number", r.version)?)
-                .bind(&r.content_hash)
-                .bind(&r.object_storage_key)
-                .bind(&r.mime_type)
-                .bind(to_i64("record size_bytes", r.size_bytes)?)
-                .bind(&r.original_filename)
-                .bind(&r.origin_app_id)
-                .bind(&r.parent_id)
-                .bind(&r.label)
+            numbers.push((
+                to_i64("record version number", r.version)?,
+                to_i64("record size_bytes", r.size_bytes)?,
+            ));
+        }
+        let versions: Vec<String> = records.iter().map(|r| r.updated_at.to_string()).collect();
+        // One transaction per batch: on any error it is dropped unfinished and rolls back. It
+        // holds the write lock, so the versions read here are the ones the upserts see.
+        let mut tx = self.begin_write(DOING).await?;
+        let stored: Vec<(String, String)> = sqlx::query_as(VERSIONS)
+            .bind(batch::json_list(records.iter().map(|r| r.id.as_str()))?)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| db_error(DOING, e))?;
+        let items: Vec<(&str, &str)> = records
+            .iter()
+            .zip(&versions)
+            .map(|(r, v)| (r.id.as_str(), v.as_str()))
+            .collect();
+        let plan = batch::plan(
+            &items,
+            stored
+                .iter()
+                .map(|(id, hlc)| (id.as_str(), hlc.clone()))
+                .collect(),
+        );
+        let mut raised = Raised::default();
+        for (_, replaced) in &plan.replaced {
+            raised.note(floors::RECORDS, replaced)?;
+        }
+        let mut written = 0;
+        for chunk in batch::chunks(plan.writes.len(), UPSERT_ROWS) {
+            let sql = batch::values_sql(UPSERT_HEAD, UPSERT_COLUMNS, chunk.len(), UPSERT_TAIL);
+            let mut query = sqlx::query(&sql);
+            for &i in &plan.writes[chunk] {
+                let r = &records[i];
+                query = query
+                    .bind(&r.id)
+                    .bind(&r.kind)
+                    .bind(&r.record_type)
+                    .bind(r.created_at.to_string())
+                    .bind(&versions[i])
+                    .bind(r.origin().as_str())
+                    .bind(r.deleted_at.as_ref().map(Hlc::to_string))
+                    .bind(numbers[i].0)
+                    .bind(&r.content_hash)
+                    .bind(&r.object_storage_key)
+                    .bind(&r.mime_type)
+                    .bind(numbers[i].1)
+                    .bind(&r.original_filename)
+                    .bind(&r.origin_app_id)
+                    .bind(&r.parent_id)
+                    .bind(&r.label);
+            }
+            written += query
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| db_error(DOING, e))?;
-            let outcome = if done.rows_affected() > 0 {
-                if let Some(replaced) = &stored {
-                    raised.note(floors::RECORDS, replaced)?;
-                }
-                Applied::Written
-            } else if stored.as_deref() == Some(version.as_str()) {
-                // The upsert changed nothing: the stored version is the same or newer.
-                Applied::Kept
-            } else {
-                Applied::Superseded
-            };
-            out.push(outcome);
+                .map_err(|e| db_error(DOING, e))?
+                .rows_affected();
+        }
+        if written != plan.writes.len() as u64 {
+            return Err(batch::unexpected_writes(DOING, plan.writes.len(), written));
         }
         raised.write(&mut tx, DOING).await?;
         tx.commit().await.map_err(|e| db_error(DOING, e))?;
-        Ok(out)
+        Ok(plan.outcomes)
     }
 
     async fn get(&self, id: &str) -> Result<Option<SharedRecord>, StoreError> {

@@ -1,7 +1,7 @@
 //! App namespaces and app rows: `app_namespaces`, and `app_rows` indexed on
 //! `(app_id, table_name, node_id, hlc)`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use sqlx::{sqlite::SqliteRow, SqliteConnection};
@@ -10,6 +10,7 @@ use sync_hlc::{Hlc, NodeId, Watermarks};
 use sync_protocol::{AppRow, RowOp, RowValues};
 
 use crate::{
+    batch,
     codec::{col, op_name, parse_hlc, parse_op, parse_values, values_json},
     error::{corrupt, db_error},
     floors::Raised,
@@ -24,18 +25,30 @@ ON CONFLICT (app_id) DO UPDATE SET \
 
 const NAMESPACE: &str = "SELECT tables_json, files_enabled FROM app_namespaces WHERE app_id = ?1";
 
-/// Last-write-wins as one conditional upsert per (app, table, primary key).
-const UPSERT: &str = "\
-INSERT INTO app_rows (app_id, table_name, pk, node_id, hlc, tombstone, op, row_json, where_json) \
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+/// Last-write-wins as a conditional upsert per (app, table, primary key), many rows per
+/// statement ([`UPSERT_ROWS`]) after the batch was decided (see `batch`).
+const UPSERT_HEAD: &str = "\
+INSERT INTO app_rows (app_id, table_name, pk, node_id, hlc, tombstone, op, row_json, where_json)";
+
+const UPSERT_TAIL: &str = "\
 ON CONFLICT (app_id, table_name, pk) DO UPDATE SET \
     node_id = excluded.node_id, hlc = excluded.hlc, tombstone = excluded.tombstone, \
     op = excluded.op, row_json = excluded.row_json, where_json = excluded.where_json \
 WHERE excluded.hlc > app_rows.hlc";
 
-/// The stored version of one row, read before its upsert: if the upsert replaces it, it
-/// raises its origin's coverage floor in the row's table.
-const VERSION: &str = "SELECT hlc FROM app_rows WHERE app_id = ?1 AND table_name = ?2 AND pk = ?3";
+/// Parameters per upserted row.
+const UPSERT_COLUMNS: usize = 9;
+
+/// Rows per upsert statement: 64 x 9 parameters stays below the 999 that older SQLite builds
+/// allow.
+const UPSERT_ROWS: usize = 64;
+
+/// The stored versions of a batch's rows of one table (a JSON array of canonical keys), read
+/// before it is applied: they decide the outcomes, and a replaced version raises its origin's
+/// coverage floor in the row's table.
+pub(crate) const VERSIONS: &str = "\
+SELECT pk, hlc FROM app_rows \
+WHERE app_id = ?1 AND table_name = ?2 AND pk IN (SELECT value FROM json_each(?3))";
 
 const GET: &str = "\
 SELECT app_id, table_name, hlc, op, row_json, where_json FROM app_rows \
@@ -233,46 +246,81 @@ impl AppRowStore for SqliteStore {
             keyed.push(Keyed { key, where_json });
         }
 
-        let mut out = Vec::with_capacity(rows.len());
-        let mut raised = Raised::default();
-        for (r, k) in rows.iter().zip(keyed) {
-            let version = r.timestamp.to_string();
-            // We hold the write lock: the version read here is the one the upsert sees.
-            let stored: Option<String> = sqlx::query_scalar(VERSION)
-                .bind(&r.app_id)
-                .bind(&r.table)
-                .bind(&k.key)
-                .fetch_optional(&mut *tx)
+        // We hold the write lock: the versions read here are the ones the upserts see.
+        let versions: Vec<String> = rows.iter().map(|r| r.timestamp.to_string()).collect();
+        let mut tables: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+        for (r, k) in rows.iter().zip(&keyed) {
+            tables
+                .entry((r.app_id.as_str(), r.table.as_str()))
+                .or_default()
+                .push(k.key.as_str());
+        }
+        let mut stored = Vec::new();
+        for ((app_id, table), keys) in &tables {
+            let found: Vec<(String, String)> = sqlx::query_as(VERSIONS)
+                .bind(*app_id)
+                .bind(*table)
+                .bind(batch::json_list(keys.iter().copied())?)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(|e| db_error(DOING, e))?;
-            let done = sqlx::query(UPSERT)
-                .bind(&r.app_id)
-                .bind(&r.table)
-                .bind(&k.key)
-                .bind(r.origin().as_str())
-                .bind(&version)
-                .bind(r.is_tombstone())
-                .bind(op_name(r.op))
-                .bind(values_json(r.row.as_ref())?)
-                .bind(k.where_json)
+            stored.extend(
+                found
+                    .into_iter()
+                    .map(|(pk, hlc)| (*app_id, *table, pk, hlc)),
+            );
+        }
+        let items: Vec<((&str, &str, &str), &str)> = rows
+            .iter()
+            .zip(&keyed)
+            .zip(&versions)
+            .map(|((r, k), v)| {
+                (
+                    (r.app_id.as_str(), r.table.as_str(), k.key.as_str()),
+                    v.as_str(),
+                )
+            })
+            .collect();
+        let plan = batch::plan(
+            &items,
+            stored
+                .iter()
+                .map(|(app_id, table, pk, hlc)| ((*app_id, *table, pk.as_str()), hlc.clone()))
+                .collect(),
+        );
+        let mut raised = Raised::default();
+        for (i, replaced) in &plan.replaced {
+            raised.note((&rows[*i].app_id, &rows[*i].table), replaced)?;
+        }
+        let mut written = 0;
+        for chunk in batch::chunks(plan.writes.len(), UPSERT_ROWS) {
+            let sql = batch::values_sql(UPSERT_HEAD, UPSERT_COLUMNS, chunk.len(), UPSERT_TAIL);
+            let mut query = sqlx::query(&sql);
+            for &i in &plan.writes[chunk] {
+                let (r, k) = (&rows[i], &keyed[i]);
+                query = query
+                    .bind(&r.app_id)
+                    .bind(&r.table)
+                    .bind(&k.key)
+                    .bind(r.origin().as_str())
+                    .bind(&versions[i])
+                    .bind(r.is_tombstone())
+                    .bind(op_name(r.op))
+                    .bind(values_json(r.row.as_ref())?)
+                    .bind(&k.where_json);
+            }
+            written += query
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| db_error(DOING, e))?;
-            let outcome = if done.rows_affected() > 0 {
-                if let Some(replaced) = &stored {
-                    raised.note((&r.app_id, &r.table), replaced)?;
-                }
-                Applied::Written
-            } else if stored.as_deref() == Some(version.as_str()) {
-                Applied::Kept
-            } else {
-                Applied::Superseded
-            };
-            out.push(outcome);
+                .map_err(|e| db_error(DOING, e))?
+                .rows_affected();
+        }
+        if written != plan.writes.len() as u64 {
+            return Err(batch::unexpected_writes(DOING, plan.writes.len(), written));
         }
         raised.write(&mut tx, DOING).await?;
         tx.commit().await.map_err(|e| db_error(DOING, e))?;
-        Ok(out)
+        Ok(plan.outcomes)
     }
 
     async fn get(

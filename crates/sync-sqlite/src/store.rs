@@ -19,6 +19,11 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// How many prepared statements each connection keeps (every hot query is prepared once).
 const STATEMENT_CACHE: usize = 64;
 
+/// Rows sqlx's worker thread may run ahead of the reading task (sqlx's default is 50). A
+/// scan returns a page of up to ~1000 rows; with a small buffer the worker stalls and the
+/// two threads wake each other every few rows.
+const ROW_BUFFER: usize = 1024;
+
 /// Options for [`SqliteStore::open_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -105,7 +110,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout)
-            .statement_cache_capacity(STATEMENT_CACHE);
+            .statement_cache_capacity(STATEMENT_CACHE)
+            .row_buffer_size(ROW_BUFFER);
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .connect_with(connect)
@@ -125,7 +131,8 @@ impl SqliteStore {
         let connect = SqliteConnectOptions::new()
             .in_memory(true)
             .foreign_keys(true)
-            .statement_cache_capacity(STATEMENT_CACHE);
+            .statement_cache_capacity(STATEMENT_CACHE)
+            .row_buffer_size(ROW_BUFFER);
         // Every connection to `:memory:` is a database of its own: keep exactly one, forever.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)

@@ -1,0 +1,330 @@
+//! The two sides of a benchmark run, each a child process of its own (`starkeep-sync
+//! bench-child --spec JSON`), so that each reports its own peak RSS: the server, with a tower
+//! layer counting the body bytes of every request and response, and a node running rounds.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use sync_engine::{AppNamespace, Channel};
+use sync_http::{ResponseBody, Scope, SyncService};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{
+    node::{EngineOptions, Node},
+    server::{self, ServerOptions, Storage},
+};
+
+/// What a child process does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "camelCase")]
+pub enum ChildSpec {
+    /// Serve `data` (SQLite + files) on an ephemeral loopback port until stdin closes.
+    Server {
+        /// The data directory.
+        data: PathBuf,
+        /// The one bearer token.
+        token: String,
+        /// App namespaces to serve.
+        apps: Vec<AppNamespace>,
+    },
+    /// Open the node in `home` and run rounds on one channel.
+    Node {
+        /// The node's home (config, database, blobs).
+        home: PathBuf,
+        /// `drive` or `app:X`.
+        channel: String,
+        /// Items per round (the engine's default when `None`).
+        page_limit: Option<usize>,
+        /// Which rounds.
+        job: NodeJob,
+    },
+}
+
+/// The rounds a node child runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NodeJob {
+    /// Rounds until neither side has more; any failed item is an error.
+    UntilIdle,
+    /// `warmup` untimed rounds, then `rounds` timed ones; each must move nothing.
+    Noop {
+        /// Untimed rounds first.
+        warmup: usize,
+        /// Timed rounds.
+        rounds: usize,
+    },
+}
+
+/// What a server child reports when it stops.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerReport {
+    /// HTTP requests served.
+    pub requests: u64,
+    /// Request body bytes read.
+    pub request_bytes: u64,
+    /// Response body bytes written.
+    pub response_bytes: u64,
+    /// Peak resident set size (VmHWM), KiB.
+    pub peak_rss_kib: u64,
+}
+
+/// What a node child reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    /// Timed rounds.
+    pub rounds: usize,
+    /// Items applied (fully landed, blob included).
+    pub applied: usize,
+    /// Items shipped.
+    pub shipped: usize,
+    /// Wall time of the timed rounds, seconds.
+    pub elapsed_s: f64,
+    /// Each timed round's duration, milliseconds.
+    pub round_ms: Vec<f64>,
+    /// Peak resident set size (VmHWM), KiB.
+    pub peak_rss_kib: u64,
+}
+
+/// The first line a server child prints, followed by its URL.
+pub const READY: &str = "READY ";
+
+/// Runs a child process's part; prints its report as one JSON line on stdout.
+pub async fn run(spec: ChildSpec) -> Result<u8> {
+    match spec {
+        ChildSpec::Server { data, token, apps } => serve(data, token, apps).await,
+        ChildSpec::Node {
+            home,
+            channel,
+            page_limit,
+            job,
+        } => {
+            let channel = Channel::parse(&channel)
+                .with_context(|| format!("bad channel {channel:?} in the bench spec"))?;
+            let report = rounds(&home, channel, page_limit, job).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(crate::exit::OK)
+        }
+    }
+}
+
+async fn serve(data: PathBuf, token: String, apps: Vec<AppNamespace>) -> Result<u8> {
+    let counters = Arc::new(WireCounters::default());
+    let layer = counters.clone();
+    let running = server::start_with(
+        ServerOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            storage: Storage::Embedded { data },
+            tokens: vec![(token, Scope::All)],
+            apps,
+            max_limit: 10_000,
+            exchange_body_limit: 64 << 20,
+        },
+        move |service| Counted {
+            inner: service,
+            counters: layer,
+        },
+    )
+    .await?;
+    let mut stdout = tokio::io::stdout();
+    stdout
+        .write_all(format!("{READY}http://{}\n", running.addr).as_bytes())
+        .await?;
+    stdout.flush().await?;
+    // Serve until the bench closes our stdin (or dies).
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    running.stop().await?;
+    let report = ServerReport {
+        requests: counters.requests.load(Ordering::Relaxed),
+        request_bytes: counters.request_bytes.load(Ordering::Relaxed),
+        response_bytes: counters.response_bytes.load(Ordering::Relaxed),
+        peak_rss_kib: peak_rss_kib(),
+    };
+    stdout
+        .write_all(format!("{}\n", serde_json::to_string(&report)?).as_bytes())
+        .await?;
+    stdout.flush().await?;
+    Ok(crate::exit::OK)
+}
+
+async fn rounds(
+    home: &std::path::Path,
+    channel: Channel,
+    page_limit: Option<usize>,
+    job: NodeJob,
+) -> Result<NodeReport> {
+    let node = Node::open(home).await?;
+    let engine = node
+        .engine(channel.clone(), &EngineOptions { page_limit })
+        .await?;
+    let mut report = NodeReport::default();
+    match job {
+        NodeJob::UntilIdle => {
+            let started = Instant::now();
+            loop {
+                let t = Instant::now();
+                let r = engine.exchange().await?;
+                report.round_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                report.rounds += 1;
+                report.applied += r.applied;
+                report.shipped += r.shipped;
+                if let Some(f) = r.failures.first() {
+                    bail!(
+                        "{channel}: round {} had {} failed item(s), the first at {}: {}",
+                        report.rounds,
+                        r.failures.len(),
+                        f.at,
+                        f.problem
+                    );
+                }
+                if !r.halted_by_peer.is_empty() || r.outbound_blocked.is_some() {
+                    bail!("{channel}: round {} stalled: {r:?}", report.rounds);
+                }
+                if !r.has_more {
+                    break;
+                }
+            }
+            report.elapsed_s = started.elapsed().as_secs_f64();
+        }
+        NodeJob::Noop { warmup, rounds } => {
+            let mut started = Instant::now();
+            for i in 0..warmup + rounds {
+                if i == warmup {
+                    started = Instant::now();
+                }
+                let t = Instant::now();
+                let r = engine.exchange().await?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                if r.applied + r.shipped + r.became_resident > 0 || r.has_more {
+                    bail!("{channel}: a no-op round moved something: {r:?}");
+                }
+                if i >= warmup {
+                    report.round_ms.push(ms);
+                    report.rounds += 1;
+                }
+            }
+            report.elapsed_s = started.elapsed().as_secs_f64();
+        }
+    }
+    report.peak_rss_kib = peak_rss_kib();
+    Ok(report)
+}
+
+/// This process's peak resident set size (`VmHWM` of `/proc/self/status`), KiB; 0 where
+/// there is no `/proc`.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Bytes on the wire, counted at the HTTP layer: request and response bodies (headers are
+/// not counted).
+#[derive(Debug, Default)]
+struct WireCounters {
+    requests: AtomicU64,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+}
+
+/// The sync service with every request and response body counted.
+#[derive(Clone)]
+struct Counted {
+    inner: SyncService,
+    counters: Arc<WireCounters>,
+}
+
+impl tower::Service<Request<Incoming>> for Counted {
+    type Response = Response<CountingBody<ResponseBody>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower::Service::<Request<CountingBody<Incoming>>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let counters = self.counters.clone();
+        let request = request.map(|body| CountingBody {
+            inner: body,
+            counters: counters.clone(),
+            response: false,
+        });
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| CountingBody {
+                inner: body,
+                counters,
+                response: true,
+            }))
+        })
+    }
+}
+
+/// A body that adds the length of every data frame to a counter.
+struct CountingBody<B> {
+    inner: B,
+    counters: Arc<WireCounters>,
+    response: bool,
+}
+
+impl<B> Body for CountingBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let counter = if this.response {
+                    &this.counters.response_bytes
+                } else {
+                    &this.counters.request_bytes
+                };
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
