@@ -575,10 +575,22 @@ async fn sync(
     let progress = !json && std::io::stderr().is_terminal();
     let mut summaries = Vec::new();
     let mut code = exit::OK;
+    let error_path = node.home.join("last-error.json");
     for channel in channels {
         let engine = node.engine(channel.clone(), &options).await?;
-        let (rounds, applied, shipped, resident, complete, stalled) =
-            run_channel(&engine, until_idle, progress).await?;
+        let outcome = run_channel(&engine, until_idle, progress).await;
+        let (rounds, applied, shipped, resident, complete, stalled) = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let record = json!({"channel": channel.to_string(), "error": format!("{e:#}"), "unixTime": at});
+                let _ = std::fs::write(&error_path, serde_json::to_vec_pretty(&record)?);
+                return Err(e);
+            }
+        };
         if !complete {
             code = exit::INCOMPLETE;
         }
@@ -604,6 +616,7 @@ async fn sync(
     }
     let status_path = node.home.join("last-sync.json");
     let _ = std::fs::write(status_path, serde_json::to_vec_pretty(&summaries)?);
+    let _ = std::fs::remove_file(error_path);
     Ok(code)
 }
 
@@ -613,10 +626,25 @@ async fn run_channel(
     progress: bool,
 ) -> Result<(usize, usize, usize, usize, bool, bool)> {
     if until_idle {
-        let s = engine.sync_until_idle().await?;
+        let channel = engine.channel().clone();
+        let (mut rounds, mut shipped, mut received) = (0usize, 0usize, 0usize);
+        let s = engine
+            .sync_until_idle_with(|r| {
+                rounds += 1;
+                shipped += r.shipped;
+                received += r.applied + r.became_resident;
+                if progress {
+                    let more = if r.has_more { "..." } else { "" };
+                    eprint!(
+                        "\r{channel}: round {rounds}, shipped {shipped}, received {received}{more}   "
+                    );
+                }
+            })
+            .await;
         if progress {
-            eprintln!("{}: {} rounds", engine.channel(), s.rounds);
+            eprintln!();
         }
+        let s = s?;
         return Ok((
             s.rounds,
             s.applied,
@@ -667,15 +695,24 @@ async fn status(home: &Path, json: bool) -> Result<u8> {
     let last = std::fs::read(node.home.join("last-sync.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    let last_error = std::fs::read(node.home.join("last-error.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
     let report = json!({
         "nodeId": node.config.node_id, "server": node.config.server,
-        "records": counts, "channels": out, "lastSync": last,
+        "records": counts, "channels": out, "lastSync": last, "lastError": last_error,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("node {} -> {}", node.config.node_id, node.config.server);
         println!("records: {}", serde_json::to_string(&counts)?);
+        if let Some(e) = report["lastError"].as_object() {
+            println!(
+                "last error: {}",
+                e.get("error").and_then(Value::as_str).unwrap_or("")
+            );
+        }
         for c in out {
             println!(
                 "{}: pending outbound from {} node(s); own {} ; peer {}",

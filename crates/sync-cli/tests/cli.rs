@@ -316,6 +316,15 @@ fn bad_flags_and_wrong_tokens_fail_clearly() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("not authorized"));
+    // The failure is remembered for `status`.
+    let status = json(&home, &["status", "--json"]);
+    assert!(
+        status["lastError"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not authorized"),
+        "{status}"
+    );
     // A token too short to be safe is refused at start.
     let out = Command::new(BIN)
         .args([
