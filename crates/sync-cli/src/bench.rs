@@ -244,8 +244,6 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     };
     let markdown = results.markdown();
     println!("{markdown}");
-    // Run directories were kept until now (see `Bench::run_dir`).
-    let _ = std::fs::remove_dir_all(bench.work.join("runs"));
     if let Some(path) = &args.out {
         std::fs::write(path, serde_json::to_vec_pretty(&results)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -253,6 +251,10 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     if let Some(path) = &args.markdown {
         std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
     }
+    // Run directories were kept until now (see `Bench::run_dir`); removing a few hundred
+    // thousand blob files takes a while.
+    eprintln!("bench: removing the run directories");
+    let _ = std::fs::remove_dir_all(bench.work.join("runs"));
     Ok(exit::OK)
 }
 
