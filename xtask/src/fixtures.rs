@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use similar::TextDiff;
 use sync_protocol::{
-    AppRow, Codec, ExchangeRequest, ExchangeResponse, FileRecordRow, Hlc, NodeId, Refusal, RowOp,
-    RowValues, SharedRecord, Watermarks, PROTOCOL_VERSION, RESERVED_TABLE,
+    AppRow, Codec, ExchangeRequest, ExchangeResponse, FileRecordRow, Hlc, InlineBlob, NodeId,
+    Refusal, RowOp, RowValues, SharedRecord, Watermarks, PROTOCOL_VERSION, RESERVED_TABLE,
 };
 
 /// Prefix of the hand-copied TypeScript samples, which the generator does not own.
@@ -46,6 +46,8 @@ pub fn generate() -> Vec<Fixture> {
         "exchange-response-extensions",
         &response_extensions(),
     );
+    both(&mut out, "exchange-request-inline", &request_inline());
+    both(&mut out, "exchange-response-inline", &response_inline());
     out
 }
 
@@ -301,6 +303,55 @@ fn request_upload() -> ExchangeRequest {
         protocol_version: Some(PROTOCOL_VERSION),
         // The coverage it last heard from the responder, for the node whose items it ships.
         peer_watermarks: Some(watermarks(&[(0, 0, DEVICE)])),
+        ..ExchangeRequest::default()
+    }
+}
+
+/// The bytes of the inline-blob fixtures, and a record naming them by their SHA-256.
+const INLINE_BYTES: &[u8] = b"tiny thumbnail bytes\x00\x01\x02\xff";
+const INLINE_HASH: &str = "a35f962b3f7f7545ab9639410f45e6ae1c4ab1ca85f3a7f3614598f26c7cc0b2";
+
+fn inline_record(node: &str, offset: u64) -> (SharedRecord, InlineBlob) {
+    let mut record = image_record(
+        "01M891FM08Q3J5D9S7ZC4Y6B2E",
+        hlc(offset, 3, node),
+        INLINE_HASH,
+        "thumb.jpg",
+    );
+    record.size_bytes = INLINE_BYTES.len() as u64;
+    let blob = InlineBlob {
+        key: record.object_storage_key.clone(),
+        bytes: INLINE_BYTES.to_vec(),
+    };
+    (record, blob)
+}
+
+/// Protocol version 2: a device shipping a small blob inside the request, to a responder
+/// that announced `acceptInlineBlobs`, and taking small blobs inline in the answer.
+fn request_inline() -> ExchangeRequest {
+    let (record, blob) = inline_record(DEVICE, 12);
+    ExchangeRequest {
+        watermarks: watermarks(&[(12, 2, DEVICE), (106, 2, CLOUD)]),
+        records: vec![record],
+        limit: Some(1000),
+        protocol_version: Some(PROTOCOL_VERSION),
+        peer_watermarks: Some(watermarks(&[(10, 4, DEVICE)])),
+        accept_inline_blobs: Some(65536),
+        inline_blobs: vec![blob],
+        ..ExchangeRequest::default()
+    }
+}
+
+/// Protocol version 2: a page whose small blob rides inline, and the responder's own limit.
+fn response_inline() -> ExchangeResponse {
+    let (record, blob) = inline_record(CLOUD, 107);
+    ExchangeResponse {
+        records: vec![record],
+        responder_watermarks: watermarks(&[(107, 3, CLOUD), (12, 3, DEVICE)]),
+        protocol_version: Some(PROTOCOL_VERSION),
+        accept_inline_blobs: Some(65536),
+        inline_blobs: vec![blob],
+        ..ExchangeResponse::default()
     }
 }
 
@@ -317,6 +368,7 @@ fn response_download() -> ExchangeResponse {
         halted_authors: Vec::new(),
         refusals: Vec::new(),
         protocol_version: None,
+        ..ExchangeResponse::default()
     }
 }
 
@@ -330,6 +382,7 @@ fn response_noop() -> ExchangeResponse {
         halted_authors: Vec::new(),
         refusals: Vec::new(),
         protocol_version: None,
+        ..ExchangeResponse::default()
     }
 }
 
@@ -348,6 +401,7 @@ fn response_extensions() -> ExchangeResponse {
                 .into(),
         }],
         protocol_version: Some(PROTOCOL_VERSION),
+        ..ExchangeResponse::default()
     }
 }
 

@@ -13,8 +13,10 @@ pub use error::Error;
 pub use gc::{collect_garbage, residency, GcReport};
 pub use key::{key_in_namespace, validate_key, MAX_KEY_BYTES};
 pub use mover::{BlobMover, DEFAULT_MAX_TRANSFERS};
-pub use store::{ObjectBlobs, S3Config};
-pub use transfer::{expected_sha256, transfer, MAX_PARTS_IN_FLIGHT, PART_SIZE};
+pub use store::{ObjectBlobs, S3Config, INLINE_LIMIT};
+pub use transfer::{
+    expected_sha256, read_inline, transfer, write_inline, MAX_PARTS_IN_FLIGHT, PART_SIZE,
+};
 
 /// The object_store version this crate is built on, for implementing or constructing stores
 /// ([`ObjectBlobs::new`]) with the same trait.

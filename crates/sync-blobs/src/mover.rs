@@ -12,7 +12,7 @@ use futures::{
     future::{BoxFuture, Shared},
     FutureExt,
 };
-use sync_core::{BlobError, BlobManifest, BlobTransfer, Transferred};
+use sync_core::{BlobError, BlobManifest, BlobStore, BlobTransfer, Transferred};
 use tokio::sync::Semaphore;
 
 use crate::{key::validate_key, store::ObjectBlobs, transfer::transfer};
@@ -157,6 +157,26 @@ impl BlobTransfer for BlobMover {
 
     async fn pull(&self, manifest: &BlobManifest) -> Result<Transferred, BlobError> {
         self.run(Way::Pull, manifest).await
+    }
+
+    fn inline_limit(&self) -> u64 {
+        self.local.inline_limit()
+    }
+
+    async fn read_local(
+        &self,
+        manifest: &BlobManifest,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>, BlobError> {
+        self.local.read_inline(&manifest.key, max_bytes).await
+    }
+
+    async fn land_inline(
+        &self,
+        manifest: &BlobManifest,
+        bytes: Vec<u8>,
+    ) -> Result<Transferred, BlobError> {
+        self.local.write_inline(manifest, bytes).await
     }
 }
 

@@ -7,7 +7,7 @@ use object_store::{
     aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path, ObjectStore,
     ObjectStoreExt, RetryConfig,
 };
-use sync_core::{BlobError, BlobStore};
+use sync_core::{BlobError, BlobManifest, BlobStore, Transferred};
 
 use crate::{
     error::{classify, Error},
@@ -135,11 +135,31 @@ impl fmt::Display for ObjectBlobs {
     }
 }
 
+/// The largest blob an [`ObjectBlobs`] reads or writes inline (protocol version 2): any
+/// object store can, and a request carries at most its budget of them anyway.
+pub const INLINE_LIMIT: u64 = 1024 * 1024;
+
 #[async_trait]
 impl BlobStore for ObjectBlobs {
     async fn contains(&self, key: &str) -> Result<bool, BlobError> {
         let path = object_path(key)?;
         self.exists(key, &path).await
+    }
+
+    fn inline_limit(&self) -> u64 {
+        INLINE_LIMIT
+    }
+
+    async fn read_inline(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, BlobError> {
+        crate::transfer::read_inline(self, key, max_bytes).await
+    }
+
+    async fn write_inline(
+        &self,
+        manifest: &BlobManifest,
+        bytes: Vec<u8>,
+    ) -> Result<Transferred, BlobError> {
+        crate::transfer::write_inline(manifest, bytes, self).await
     }
 }
 

@@ -1159,6 +1159,73 @@ pub async fn garbage_collection_spares_referenced_blobs(backend: &Backend) {
     assert_eq!(again.kept, 2);
 }
 
+/// Inline blobs (protocol version 2): read back exactly, `None` when absent or larger than
+/// asked; written only after verification (a mismatch leaves nothing), once per key.
+pub async fn inline_blobs_are_verified_and_bounded(backend: &Backend) {
+    let scope = backend.scope("inline");
+    let (local, remote) = (scope.side("local"), scope.side("remote"));
+    let bytes = pseudo_random(300, 7);
+    let m = manifest("shared/doc/ab/inline", &bytes);
+    assert!(remote.blobs.inline_limit() >= 64 * 1024);
+
+    // A corrupted inline blob is refused and nothing is stored.
+    let mut corrupted = bytes.to_vec();
+    corrupted[0] ^= 1;
+    assert_mismatch(
+        remote.blobs.write_inline(&m, corrupted.clone()).await,
+        &m.key,
+        &corrupted,
+    );
+    assert_nothing_at(&remote, &m.key).await;
+
+    // A hostile key never reaches the store.
+    let evil = BlobManifest {
+        key: "shared/../escape".into(),
+        ..m.clone()
+    };
+    assert!(matches!(
+        remote.blobs.write_inline(&evil, bytes.to_vec()).await,
+        Err(BlobError::InvalidKey { .. })
+    ));
+    assert_eq!(remote.calls().writes(), 0);
+
+    // The good bytes land, once; a second write is a no-op.
+    assert_copied(
+        remote.blobs.write_inline(&m, bytes.to_vec()).await,
+        bytes.len(),
+        "inline write",
+    );
+    assert_eq!(remote.read(&m.key).await, Some(bytes.clone()));
+    assert_eq!(
+        remote.blobs.write_inline(&m, bytes.to_vec()).await.unwrap(),
+        Transferred::AlreadyPresent
+    );
+
+    // Reads: exact bytes within the bound, `None` above it or when absent.
+    assert_eq!(
+        remote.blobs.read_inline(&m.key, 300).await.unwrap(),
+        Some(bytes.to_vec())
+    );
+    assert_eq!(remote.blobs.read_inline(&m.key, 299).await.unwrap(), None);
+    assert_eq!(
+        remote
+            .blobs
+            .read_inline("shared/doc/ab/absent", 1000)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // The mover lands inline bytes in the node's storage and reads them from there.
+    let mover = BlobMover::new(local.blobs.clone(), remote.blobs.clone());
+    assert_eq!(mover.inline_limit(), local.blobs.inline_limit());
+    assert_copied(mover.land_inline(&m, bytes.to_vec()).await, 300, "land");
+    assert_eq!(
+        mover.read_local(&m, 1000).await.unwrap(),
+        Some(bytes.to_vec())
+    );
+}
+
 /// Expands to one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$backend` is an expression of type `Option<sync_blobs::testing::Backend>`, evaluated in
@@ -1183,6 +1250,7 @@ macro_rules! blob_conformance {
             mime_type_is_kept,
             residency_costs_at_most_one_check,
             garbage_collection_spares_referenced_blobs,
+            inline_blobs_are_verified_and_bounded,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

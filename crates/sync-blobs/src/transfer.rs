@@ -129,6 +129,84 @@ pub async fn transfer(
     }
 }
 
+/// Stores bytes that arrived inline (protocol version 2) at the manifest's key: key checked,
+/// one HEAD (a key already present is left as is), SHA-256 verified when the content hash
+/// names one (a mismatch stores nothing), then a single put.
+pub async fn write_inline(
+    manifest: &BlobManifest,
+    bytes: Vec<u8>,
+    to: &ObjectBlobs,
+) -> Result<Transferred, BlobError> {
+    let key = manifest.key.as_str();
+    let path = object_path(key)?;
+    if to.exists(key, &path).await? {
+        return Ok(Transferred::AlreadyPresent);
+    }
+    match expected_sha256(&manifest.content_hash) {
+        Some(expected) => {
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if actual != expected {
+                tracing::warn!(key, %expected, %actual, "inline blob refused: hash mismatch");
+                return Err(BlobError::HashMismatch {
+                    key: key.to_string(),
+                    expected,
+                    actual,
+                });
+            }
+        }
+        None => tracing::info!(
+            key,
+            content_hash = %manifest.content_hash,
+            "content hash is not a SHA-256; storing the inline blob unverified"
+        ),
+    }
+    let mut attributes = Attributes::new();
+    if let Some(mime) = manifest
+        .mime_type
+        .as_deref()
+        .filter(|_| to.writes_content_type())
+    {
+        attributes.insert(Attribute::ContentType, mime.to_string().into());
+    }
+    let n = bytes.len() as u64;
+    let opts = PutOptions {
+        attributes,
+        ..PutOptions::default()
+    };
+    to.object_store()
+        .put_opts(&path, PutPayload::from(bytes), opts)
+        .await
+        .map_err(|e| classify(key, "write to the destination", e))?;
+    Ok(Transferred::Copied { bytes: n })
+}
+
+/// The bytes at `key` when present and at most `max_bytes` long; `None` when absent or
+/// larger (a larger object's body is not read).
+pub async fn read_inline(
+    from: &ObjectBlobs,
+    key: &str,
+    max_bytes: u64,
+) -> Result<Option<Vec<u8>>, BlobError> {
+    let path = object_path(key)?;
+    let found = match from
+        .object_store()
+        .get_opts(&path, GetOptions::default())
+        .await
+    {
+        Ok(found) => found,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(classify(key, "inline read", e)),
+    };
+    if found.meta.size > max_bytes {
+        return Ok(None);
+    }
+    let bytes = found
+        .bytes()
+        .await
+        .map_err(|e| classify(key, "inline read", e))?;
+    Ok(Some(bytes.to_vec()))
+}
+
 /// The source as a stream of bounded chunks: a local file in [`FILE_CHUNK`]s read on the
 /// blocking pool, anything else as the backend streams it.
 fn chunks(source: GetResult) -> BoxStream<'static, object_store::Result<Bytes>> {

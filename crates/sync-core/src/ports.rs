@@ -113,10 +113,47 @@ pub trait AppRowStore: Send + Sync {
 }
 
 /// Whether blobs are present in one object storage.
+///
+/// The inline methods carry small blobs inside the exchange (protocol version 2) instead of
+/// one `/files` request each. They are optional: a store that keeps the defaults announces
+/// no inline support, and blobs go through `/files` as before.
 #[async_trait]
 pub trait BlobStore: Send + Sync {
     /// Whether the blob at `key` is present.
     async fn contains(&self, key: &str) -> Result<bool, BlobError>;
+
+    /// The largest blob, in bytes, this store reads and writes inline (0: none, the default).
+    fn inline_limit(&self) -> u64 {
+        0
+    }
+
+    /// The bytes at `key` if present and at most `max_bytes` long; `None` when absent or
+    /// larger. Never reads more than `max_bytes + 1` bytes of a larger object.
+    async fn read_inline(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, BlobError> {
+        let _ = (key, max_bytes);
+        Ok(None)
+    }
+
+    /// Stores bytes that arrived inline for `manifest`, verified against its content hash
+    /// first: on a mismatch nothing is stored ([`BlobError::HashMismatch`]). A key already
+    /// present is left as is ([`Transferred::AlreadyPresent`]).
+    async fn write_inline(
+        &self,
+        manifest: &BlobManifest,
+        bytes: Vec<u8>,
+    ) -> Result<Transferred, BlobError> {
+        let _ = bytes;
+        Err(inline_unsupported(&manifest.key))
+    }
+}
+
+/// The error of an inline operation on a store or transfer that does not support them.
+pub fn inline_unsupported(key: &str) -> BlobError {
+    BlobError::Fatal {
+        key: key.to_string(),
+        message: "this blob storage does not take inline blobs".into(),
+        source: None,
+    }
 }
 
 /// How a transfer ended when it succeeded.
@@ -133,11 +170,42 @@ pub enum Transferred {
 
 /// Moves blobs between this node's object storage and the peer's.
 #[async_trait]
+///
+/// The inline methods (protocol version 2) are optional, as for [`BlobStore`]: with the
+/// defaults every blob moves through [`push`](Self::push) and [`pull`](Self::pull).
 pub trait BlobTransfer: Send + Sync {
     /// Copies a blob from this node to the peer (before its metadata ships).
     async fn push(&self, manifest: &BlobManifest) -> Result<Transferred, BlobError>;
     /// Copies a blob from the peer to this node (after its metadata applied).
     async fn pull(&self, manifest: &BlobManifest) -> Result<Transferred, BlobError>;
+
+    /// The largest blob, in bytes, this node's storage reads and writes inline (0: none,
+    /// the default).
+    fn inline_limit(&self) -> u64 {
+        0
+    }
+
+    /// This node's copy of a blob, to ship inline: `None` when absent or larger than
+    /// `max_bytes` (then it is pushed instead).
+    async fn read_local(
+        &self,
+        manifest: &BlobManifest,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>, BlobError> {
+        let _ = (manifest, max_bytes);
+        Ok(None)
+    }
+
+    /// Lands a blob that arrived inline in this node's storage, verified against the
+    /// manifest's content hash first (on a mismatch nothing is stored).
+    async fn land_inline(
+        &self,
+        manifest: &BlobManifest,
+        bytes: Vec<u8>,
+    ) -> Result<Transferred, BlobError> {
+        let _ = bytes;
+        Err(inline_unsupported(&manifest.key))
+    }
 }
 
 /// The persisted sync state of one channel.

@@ -1,15 +1,22 @@
 //! The responder (SPEC §5): applies what a requester ships and answers with what it lacks.
 
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
-use sync_protocol::{ExchangeRequest, ExchangeResponse, Refusal, PROTOCOL_VERSION};
+use futures_util::{stream, StreamExt};
+use sync_protocol::{ExchangeRequest, ExchangeResponse, InlineBlob, Refusal, PROTOCOL_VERSION};
+
+/// Inline blob reads or writes in flight at once.
+const INLINE_IO: usize = 16;
 
 use crate::{
     local::{channel_violation, union},
     round::lock,
-    BlobStore, ChannelData, CutOrder, Error, ExchangeError, ExchangeTransport, Item, PrefixLedger,
-    SharedClock, TimeSource,
+    BlobManifest, BlobStore, ChannelData, CutOrder, Error, ExchangeError, ExchangeTransport, Item,
+    PrefixLedger, SharedClock, TimeSource,
 };
 
 /// Options of a responder.
@@ -22,6 +29,12 @@ pub struct ResponderConfig {
     pub max_limit: usize,
     /// Most items read per store scan (default 500).
     pub scan_page_size: usize,
+    /// Largest blob taken or sent inside the exchange (protocol version 2), when the blob
+    /// store supports it (default 64 KiB; 0 turns it off).
+    pub inline_blob_limit: u64,
+    /// Most bytes of inline blobs one response carries (default 8 MiB); past it the
+    /// requester fetches blobs through `/files`.
+    pub inline_budget: u64,
 }
 
 impl Default for ResponderConfig {
@@ -30,6 +43,8 @@ impl Default for ResponderConfig {
             default_limit: 1000,
             max_limit: 10_000,
             scan_page_size: 500,
+            inline_blob_limit: 64 * 1024,
+            inline_budget: 8 * 1024 * 1024,
         }
     }
 }
@@ -44,6 +59,16 @@ impl ResponderConfig {
     /// Sets the scan page size (at least 1).
     pub fn with_scan_page_size(mut self, n: usize) -> Self {
         self.scan_page_size = n.max(1);
+        self
+    }
+    /// Sets the largest blob carried inline (0: never inline).
+    pub fn with_inline_blob_limit(mut self, bytes: u64) -> Self {
+        self.inline_blob_limit = bytes;
+        self
+    }
+    /// Sets the most inline blob bytes per response.
+    pub fn with_inline_budget(mut self, bytes: u64) -> Self {
+        self.inline_budget = bytes;
         self
     }
 }
@@ -105,6 +130,14 @@ impl Responder {
             },
         })?;
         let files = scope.files_enabled();
+        let inline_limit = p.config.inline_blob_limit.min(p.blobs.inline_limit());
+        // Blobs that came inside the request, by key. Only those an accepted item names are
+        // ever stored, after verification against that item's content hash.
+        let mut inline_in: HashMap<String, Vec<u8>> = request
+            .inline_blobs
+            .into_iter()
+            .map(|b| (b.key, b.bytes))
+            .collect();
         let mut inbound: Vec<Item> = request
             .records
             .into_iter()
@@ -151,6 +184,52 @@ impl Responder {
                 }
             }
         }
+        // Inline blobs first, concurrently: verified against the content hash of the item
+        // naming them and stored, for items that pass the per-item checks (a refused item's
+        // blob is never stored). The apply below accepts an item only once its blob is here.
+        let candidates: Vec<(BlobManifest, Vec<u8>)> = inbound
+            .iter()
+            .filter(|i| ledger.first_failure(i.origin()).is_none())
+            .filter(|i| {
+                lock(&p.clock).check_skew(i.hlc(), now).is_ok() && p.data.key_of(&scope, i).is_ok()
+            })
+            .filter_map(|i| i.blob(files))
+            .filter_map(|m| inline_in.remove(&m.key).map(|bytes| (m, bytes)))
+            .collect();
+        let blobs = p.blobs.clone();
+        let inline_landed: HashMap<String, Result<(), String>> = stream::iter(candidates)
+            .map(|(manifest, bytes)| {
+                let blobs = blobs.clone();
+                let prefix = channel.key_prefix();
+                async move {
+                    let landed = if !(manifest.key.starts_with(&prefix)
+                        && manifest.key.len() > prefix.len())
+                    {
+                        // The channel's namespace bounds what its requests may write.
+                        Err(format!(
+                            "inline blob {} is outside this channel's namespace {prefix}",
+                            manifest.key
+                        ))
+                    } else if bytes.len() as u64 > inline_limit {
+                        Err(format!(
+                            "inline blob {} is {} bytes, above this responder's limit of \
+                             {inline_limit}; upload it to /files instead",
+                            manifest.key,
+                            bytes.len()
+                        ))
+                    } else {
+                        blobs
+                            .write_inline(&manifest, bytes)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| format!("inline blob refused: {e}"))
+                    };
+                    (manifest.key, landed)
+                }
+            })
+            .buffered(INLINE_IO)
+            .collect()
+            .await;
         let mut accepted: Vec<&Item> = Vec::with_capacity(inbound.len());
         for item in &inbound {
             if ledger.first_failure(item.origin()).is_some() {
@@ -162,13 +241,17 @@ impl Responder {
             } else if let Err(reason) = p.data.key_of(&scope, item) {
                 Some(reason)
             } else if let Some(manifest) = item.blob(files) {
-                match p.blobs.contains(&manifest.key).await {
-                    Ok(true) => None,
-                    Ok(false) => Some(format!(
+                if let Some(landed) = inline_landed.get(&manifest.key) {
+                    landed.clone().err()
+                } else {
+                    match p.blobs.contains(&manifest.key).await {
+                        Ok(true) => None,
+                        Ok(false) => Some(format!(
                         "blob {} is not in the responder's storage; upload it before its metadata",
                         manifest.key
                     )),
-                    Err(e) => Some(format!("cannot check blob {}: {e}", manifest.key)),
+                        Err(e) => Some(format!("cannot check blob {}: {e}", manifest.key)),
+                    }
                 }
             } else {
                 None
@@ -245,7 +328,52 @@ impl Responder {
             halted_authors: ledger.halted().map(|(n, _)| n.clone()).collect(),
             refusals,
             protocol_version: Some(PROTOCOL_VERSION),
+            accept_inline_blobs: (inline_limit > 0).then_some(inline_limit),
+            inline_blobs: Vec::new(),
         };
+
+        // 5. Small blobs of the page go inline when the requester asked for them, up to
+        //    the budget; whatever is not here it fetches from `/files`.
+        let send_inline = request.accept_inline_blobs.unwrap_or(0).min(inline_limit);
+        if send_inline > 0 {
+            let mut budget = p.config.inline_budget;
+            let mut seen = HashSet::new();
+            let wanted: Vec<String> = selection
+                .items
+                .iter()
+                .filter_map(|item| item.blob(files))
+                .filter(|m| m.size_bytes <= send_inline && seen.insert(m.key.clone()))
+                .filter(|m| {
+                    let fits = budget >= m.size_bytes;
+                    if fits {
+                        budget -= m.size_bytes;
+                    }
+                    fits
+                })
+                .map(|m| m.key)
+                .collect();
+            let blobs = p.blobs.clone();
+            let read: Vec<_> = stream::iter(wanted)
+                .map(|key| {
+                    let blobs = blobs.clone();
+                    async move {
+                        let bytes = blobs.read_inline(&key, send_inline).await;
+                        (key, bytes)
+                    }
+                })
+                .buffered(INLINE_IO)
+                .collect()
+                .await;
+            for (key, bytes) in read {
+                match bytes {
+                    Ok(Some(bytes)) => response.inline_blobs.push(InlineBlob { key, bytes }),
+                    // Absent (a staged item) or larger than announced: `/files` will say.
+                    Ok(None) => {}
+                    // Not worth failing the page: the requester pulls it instead.
+                    Err(e) => tracing::debug!(%key, error = %e, "inline read failed"),
+                }
+            }
+        }
         for item in selection.items {
             match item {
                 Item::Record(r) => response.records.push(r),

@@ -2,14 +2,17 @@
 //! [`Requester::exchange`].
 
 use std::{
-    collections::BTreeSet,
-    sync::{Arc, Mutex, MutexGuard},
+    collections::{BTreeSet, HashMap},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
 };
 
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
 use sync_hlc::{Clock, Hlc, NodeId, Watermarks};
-use sync_protocol::{ExchangeRequest, Refusal, PROTOCOL_VERSION};
+use sync_protocol::{ExchangeRequest, InlineBlob, Refusal, PROTOCOL_VERSION};
 
 use crate::{
     local::channel_violation, Applied, BlobManifest, BlobTransfer, ChannelData, ChannelState,
@@ -36,6 +39,13 @@ pub struct RoundConfig {
     pub scan_page_size: usize,
     /// Blob transfers in flight at once (default 8).
     pub blob_concurrency: usize,
+    /// Largest blob carried inside the exchange instead of through `/files`, both ways,
+    /// when the blob transfer and the peer support it (protocol version 2; default
+    /// 64 KiB, 0 turns it off).
+    pub inline_blob_limit: u64,
+    /// Most bytes of inline blobs one request carries (default 8 MiB); the blobs past it
+    /// are pushed through `/files`.
+    pub inline_budget: u64,
     /// The page-cut order; only the default is correct (the simulator's teeth tests use
     /// the other).
     #[doc(hidden)]
@@ -48,6 +58,8 @@ impl Default for RoundConfig {
             page_limit: 1000,
             scan_page_size: 500,
             blob_concurrency: 8,
+            inline_blob_limit: 64 * 1024,
+            inline_budget: 8 * 1024 * 1024,
             cut_order: CutOrder::PerOriginVersion,
         }
     }
@@ -67,6 +79,16 @@ impl RoundConfig {
     /// Sets the number of concurrent blob transfers (at least 1).
     pub fn with_blob_concurrency(mut self, n: usize) -> Self {
         self.blob_concurrency = n.max(1);
+        self
+    }
+    /// Sets the largest blob carried inline (0: never inline).
+    pub fn with_inline_blob_limit(mut self, bytes: u64) -> Self {
+        self.inline_blob_limit = bytes;
+        self
+    }
+    /// Sets the most inline blob bytes per request.
+    pub fn with_inline_budget(mut self, bytes: u64) -> Self {
+        self.inline_budget = bytes;
         self
     }
 }
@@ -185,6 +207,9 @@ pub struct RequesterParts {
 /// Runs exchange rounds for one channel of a local node against one peer.
 pub struct Requester {
     parts: RequesterParts,
+    /// The largest inline blob the peer announced it takes (0 until it says so): learned
+    /// from each response, so the first round with a new peer pushes through `/files`.
+    peer_inline_limit: AtomicU64,
 }
 
 enum Inbound {
@@ -192,16 +217,19 @@ enum Inbound {
     Failed(ItemProblem),
 }
 
-/// Pushes one item's blob unless its origin node already failed this round. `Err("")` means
-/// held back behind an earlier failure.
+/// Pushes one item's blob unless its origin node already failed this round, or reads it to
+/// ship inline when `inline` allows (falling back to a push when this node's copy is absent
+/// or larger than announced). `Ok(Some)` is an inline blob; `Err("")` means held back behind
+/// an earlier failure.
 async fn push_one(
     transfer: Arc<dyn BlobTransfer>,
     halted: Arc<Mutex<BTreeSet<NodeId>>>,
     origin: NodeId,
     manifest: Option<BlobManifest>,
-) -> Result<(), String> {
+    inline: Option<u64>,
+) -> Result<Option<InlineBlob>, String> {
     let Some(manifest) = manifest else {
-        return Ok(());
+        return Ok(None);
     };
     let is_halted = |h: &Mutex<BTreeSet<NodeId>>| {
         h.lock()
@@ -211,7 +239,17 @@ async fn push_one(
     if is_halted(&halted) {
         return Err(String::new());
     }
-    let res = transfer.push(&manifest).await.map(|_| ());
+    let res = match inline {
+        Some(max) => match transfer.read_local(&manifest, max).await {
+            Ok(Some(bytes)) => Ok(Some(InlineBlob {
+                key: manifest.key.clone(),
+                bytes,
+            })),
+            Ok(None) => transfer.push(&manifest).await.map(|_| None),
+            Err(e) => Err(e),
+        },
+        None => transfer.push(&manifest).await.map(|_| None),
+    };
     if res.is_err() {
         halted
             .lock()
@@ -222,11 +260,12 @@ async fn push_one(
 }
 
 /// Pulls the blob of an item that applied (never for an LWW loser; again for a repeat
-/// delivery, which re-pulls a staged row).
+/// delivery, which re-pulls a staged row), or lands the copy that came inline.
 async fn pull_one(
     transfer: Arc<dyn BlobTransfer>,
     applied: Result<Applied, String>,
     manifest: Option<BlobManifest>,
+    inline: Option<Vec<u8>>,
 ) -> Inbound {
     let written = match applied {
         Err(msg) => return Inbound::Failed(ItemProblem::Apply(msg)),
@@ -243,7 +282,10 @@ async fn pull_one(
             written,
             copied: false,
         },
-        Some(manifest) => match transfer.pull(&manifest).await {
+        Some(manifest) => match match inline {
+            Some(bytes) => transfer.land_inline(&manifest, bytes).await,
+            None => transfer.pull(&manifest).await,
+        } {
             Ok(t) => Inbound::Landed {
                 written,
                 copied: matches!(t, Transferred::Copied { .. }),
@@ -256,7 +298,19 @@ async fn pull_one(
 impl Requester {
     /// A requester over the given parts.
     pub fn new(parts: RequesterParts) -> Self {
-        Self { parts }
+        Self {
+            parts,
+            peer_inline_limit: AtomicU64::new(0),
+        }
+    }
+
+    /// Assumes the peer takes inline blobs up to `bytes` until its first response says
+    /// otherwise (by default a requester learns it from that response, so its first round
+    /// pushes every blob through `/files`). A peer that takes none refuses the items whose
+    /// blobs came inline, and the next round ships them again the usual way.
+    pub fn assume_peer_inline_limit(self, bytes: u64) -> Self {
+        self.peer_inline_limit.store(bytes, Ordering::Relaxed);
+        self
     }
 
     /// The options in force.
@@ -306,24 +360,46 @@ impl Requester {
 
         // 3. Push blobs before their metadata, per origin node in version order. The first
         //    failed push stops that origin node for the round; others continue.
+        //    Small blobs ride inside the request when both sides take them inline (protocol
+        //    version 2), up to a per-request budget; the rest go through `/files`.
+        let own_inline = p.config.inline_blob_limit.min(p.transfer.inline_limit());
+        let send_inline = own_inline.min(self.peer_inline_limit.load(Ordering::Relaxed));
+        let mut budget = p.config.inline_budget;
         let mut outbound = PrefixLedger::new();
         let halted: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
         let jobs: Vec<_> = selection
             .items
             .iter()
             .map(|item| {
+                let manifest = item.blob(files);
+                let inline = manifest
+                    .as_ref()
+                    .filter(|m| send_inline > 0 && m.size_bytes <= send_inline)
+                    .filter(|m| budget >= m.size_bytes)
+                    .map(|m| {
+                        budget -= m.size_bytes;
+                        send_inline
+                    });
                 push_one(
                     p.transfer.clone(),
                     halted.clone(),
                     item.origin().clone(),
-                    item.blob(files),
+                    manifest,
+                    inline,
                 )
             })
             .collect();
-        let pushes: Vec<Result<(), String>> = stream::iter(jobs).buffered(conc).collect().await;
+        let pushes: Vec<Result<Option<InlineBlob>, String>> =
+            stream::iter(jobs).buffered(conc).collect().await;
+        let mut inline_out: Vec<(Hlc, InlineBlob)> = Vec::new();
         for (item, pushed) in selection.items.iter().zip(pushes) {
             match pushed {
-                Ok(()) => outbound.landed(item.hlc()),
+                Ok(inline) => {
+                    outbound.landed(item.hlc());
+                    if let Some(blob) = inline {
+                        inline_out.push((item.hlc().clone(), blob));
+                    }
+                }
                 Err(msg) => {
                     outbound.failed(item.hlc());
                     if !msg.is_empty() {
@@ -340,8 +416,15 @@ impl Requester {
         let mut request = ExchangeRequest {
             limit: Some(p.config.page_limit as u64),
             protocol_version: Some(PROTOCOL_VERSION),
+            accept_inline_blobs: (own_inline > 0).then_some(own_inline),
             ..ExchangeRequest::default()
         };
+        // Only the blobs of items that ship: one behind a failure of its origin stays home.
+        request.inline_blobs = inline_out
+            .into_iter()
+            .filter(|(at, _)| outbound.in_prefix(at))
+            .map(|(_, blob)| blob)
+            .collect();
         for item in selection
             .items
             .iter()
@@ -376,6 +459,16 @@ impl Requester {
             }
         }
         let response = p.transport.exchange(request).await?;
+        self.peer_inline_limit
+            .store(response.accept_inline_blobs.unwrap_or(0), Ordering::Relaxed);
+        // Blobs the responder sent inline, by key; an item whose blob is not among them (or
+        // is larger than we asked for) is pulled through `/files` instead.
+        let inline_in: HashMap<String, Vec<u8>> = response
+            .inline_blobs
+            .into_iter()
+            .filter(|b| (b.bytes.len() as u64) <= own_inline)
+            .map(|b| (b.key, b.bytes))
+            .collect();
         let mut inbound: Vec<Item> = response
             .records
             .into_iter()
@@ -426,7 +519,14 @@ impl Requester {
         let jobs: Vec<_> = items
             .iter()
             .zip(applied)
-            .map(|(item, applied)| pull_one(p.transfer.clone(), applied, item.blob(files)))
+            .map(|(item, applied)| {
+                let manifest = item.blob(files);
+                let inline = manifest
+                    .as_ref()
+                    .and_then(|m| inline_in.get(&m.key))
+                    .cloned();
+                pull_one(p.transfer.clone(), applied, manifest, inline)
+            })
             .collect();
         let outcomes: Vec<Inbound> = stream::iter(jobs).buffered(conc).collect().await;
         for ((item, key), outcome) in accepted.into_iter().zip(outcomes) {

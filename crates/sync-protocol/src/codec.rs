@@ -1,6 +1,6 @@
 use std::fmt;
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Deepest nesting of arrays and maps a MessagePack body may have (serde_json's own limit).
 const MAX_DEPTH: usize = 128;
@@ -88,7 +88,60 @@ impl Codec {
     }
 
     /// Decodes a message, ignoring unknown fields and naming the field that is wrong.
+    ///
+    /// The fast path decodes straight from the slice; only a body that fails is decoded a
+    /// second time with path tracking, to name the offending field.
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
+        match self.decode_untracked(bytes) {
+            Ok(value) => Ok(value),
+            Err(Untracked::Trailing) => Err(DecodeError {
+                codec: self,
+                path: ".".into(),
+                message: "trailing data".into(),
+            }),
+            Err(Untracked::Invalid) => Err(self.decode_tracked::<T>(bytes).err().unwrap_or_else(
+                // Both decoders run the same `Deserialize`; should they ever disagree, the
+                // body is still refused.
+                || DecodeError {
+                    codec: self,
+                    path: ".".into(),
+                    message: "invalid body".into(),
+                },
+            )),
+        }
+    }
+
+    fn decode_untracked<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, Untracked> {
+        match self {
+            Codec::Json => {
+                let mut de = serde_json::Deserializer::from_slice(bytes);
+                let value = T::deserialize(&mut de).map_err(|_| Untracked::Invalid)?;
+                // Trailing bytes after the value are an error, not ignored.
+                de.end().map_err(|_| Untracked::Trailing)?;
+                Ok(value)
+            }
+            Codec::MessagePack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                // rmp-serde allows 1024 levels of nesting, enough for a hostile body to
+                // overflow the stack; serde_json stops at 128, so does this.
+                de.set_max_depth(MAX_DEPTH);
+                let value = T::deserialize(&mut de).map_err(|_| Untracked::Invalid)?;
+                // Trailing bytes must be refused. The borrowed reader cannot say how much it
+                // read, so try to read one more value: only the end of the input may stop it.
+                match serde::de::IgnoredAny::deserialize(&mut de) {
+                    Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                    {
+                        Ok(value)
+                    }
+                    _ => Err(Untracked::Trailing),
+                }
+            }
+        }
+    }
+
+    /// The slow path: decodes with the field path tracked, for the error message.
+    fn decode_tracked<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
         let fail = |path: String, message: String| DecodeError {
             codec: self,
             path: if path.is_empty() { ".".into() } else { path },
@@ -97,29 +150,21 @@ impl Codec {
         match self {
             Codec::Json => {
                 let de = &mut serde_json::Deserializer::from_slice(bytes);
-                let value: T = serde_path_to_error::deserialize(de)
-                    .map_err(|e| fail(e.path().to_string(), e.into_inner().to_string()))?;
-                // Trailing bytes after the value are an error, not ignored.
-                serde_json::Deserializer::from_slice(bytes)
-                    .into_iter::<serde::de::IgnoredAny>()
-                    .nth(1)
-                    .map_or(Ok(()), |_| Err(fail(".".into(), "trailing data".into())))?;
-                Ok(value)
+                serde_path_to_error::deserialize(de)
+                    .map_err(|e| fail(e.path().to_string(), e.into_inner().to_string()))
             }
             Codec::MessagePack => {
-                // A cursor, not `from_read_ref`: the latter's `get_ref` is the whole input, so
-                // it cannot tell how much was read, and trailing bytes must be refused.
-                let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
-                // rmp-serde allows 1024 levels of nesting, enough for a hostile body to
-                // overflow the stack; serde_json stops at 128, so does this.
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
                 de.set_max_depth(MAX_DEPTH);
-                let value: T = serde_path_to_error::deserialize(&mut de)
-                    .map_err(|e| fail(e.path().to_string(), e.into_inner().to_string()))?;
-                if de.position() != bytes.len() as u64 {
-                    return Err(fail(".".into(), "trailing data".into()));
-                }
-                Ok(value)
+                serde_path_to_error::deserialize(&mut de)
+                    .map_err(|e| fail(e.path().to_string(), e.into_inner().to_string()))
             }
         }
     }
+}
+
+/// Why the fast path refused a body.
+enum Untracked {
+    Invalid,
+    Trailing,
 }

@@ -7,7 +7,7 @@ mod messages;
 pub use codec::{Codec, DecodeError, EncodeError};
 pub use file_row::{FileRecordRow, FileRowError, RESERVED_TABLE};
 pub use messages::{
-    AppRow, ExchangeRequest, ExchangeResponse, Refusal, RowOp, RowValues, SharedRecord,
+    AppRow, ExchangeRequest, ExchangeResponse, InlineBlob, Refusal, RowOp, RowValues, SharedRecord,
     PROTOCOL_VERSION,
 };
 pub use sync_hlc::{Hlc, NodeId, Watermarks};

@@ -3,7 +3,10 @@ use sync_hlc::{Hlc, NodeId, Watermarks};
 
 /// The protocol version this crate speaks, sent as the `protocolVersion` extension.
 /// A TypeScript peer sends none (version 0) and ignores ours.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// * 1: `protocolVersion`, `peerWatermarks`, `haltedAuthors`, `refusals`.
+/// * 2: inline small blobs (`acceptInlineBlobs`, `inlineBlobs`), negotiated per direction.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The column values of an app row, in wire order.
 pub type RowValues = serde_json::Map<String, serde_json::Value>;
@@ -144,6 +147,77 @@ pub struct ExchangeRequest {
     /// of letting them cover the gap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_watermarks: Option<Watermarks>,
+    /// Extension (version 2): the largest blob, in bytes, the requester takes inline in the
+    /// response instead of fetching it from `/files`. Absent: none (a TypeScript peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_inline_blobs: Option<u64>,
+    /// Extension (version 2): blobs of shipped items, carried in the request instead of
+    /// uploaded to `/files` first. Sent only to a responder that announced
+    /// `acceptInlineBlobs`, each at most that size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline_blobs: Vec<InlineBlob>,
+}
+
+/// A small blob carried inside an exchange message (protocol version 2): the bytes of the
+/// object at `key`, verified against the content hash of the item naming that key before
+/// they are stored. In JSON the bytes are a base64 string; in MessagePack a `bin`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineBlob {
+    /// The object-storage key of the item that names this blob.
+    pub key: String,
+    /// The blob's bytes.
+    #[serde(with = "blob_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for InlineBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineBlob")
+            .field("key", &self.key)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Bytes as MessagePack `bin` (compact), or a standard base64 string in JSON.
+mod blob_bytes {
+    use base64::{engine::general_purpose::STANDARD, Engine as _};
+    use serde::{de, Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&STANDARD.encode(bytes))
+        } else {
+            s.serialize_bytes(bytes)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("blob bytes (MessagePack bin or a base64 string)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                STANDARD
+                    .decode(v)
+                    .map_err(|e| E::custom(format!("invalid base64: {e}")))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        if d.is_human_readable() {
+            d.deserialize_str(Visitor)
+        } else {
+            d.deserialize_bytes(Visitor)
+        }
+    }
 }
 
 /// A refused inbound item, reported back to the requester (extension).
@@ -157,7 +231,7 @@ pub struct Refusal {
 }
 
 /// `POST {base}/sync/exchange` response body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExchangeResponse {
     /// Shared records the requester has not covered.
@@ -179,4 +253,12 @@ pub struct ExchangeResponse {
     /// Extension: the responder's protocol version (absent from TypeScript peers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<u32>,
+    /// Extension (version 2): the largest blob, in bytes, this responder takes inline in a
+    /// request. Absent: none; upload blobs to `/files` first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_inline_blobs: Option<u64>,
+    /// Extension (version 2): blobs of items in this page, for a requester that asked with
+    /// `acceptInlineBlobs`; an item whose blob is not here is fetched from `/files`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline_blobs: Vec<InlineBlob>,
 }

@@ -216,3 +216,50 @@ fn trailing_bytes_and_truncated_bodies_are_refused() {
         }
     }
 }
+
+#[test]
+fn inline_blob_bytes_must_be_base64_in_json_and_bin_in_messagepack() {
+    let mut bad = fixture("exchange-request-inline.json");
+    bad["inlineBlobs"][0]["bytes"] = json!("not base64!");
+    let err = Codec::Json
+        .decode::<ExchangeRequest>(&serde_json::to_vec(&bad).unwrap())
+        .unwrap_err();
+    assert_eq!(err.path, "inlineBlobs[0].bytes", "{err}");
+    assert!(err.message.contains("base64"), "{err}");
+
+    // A MessagePack string where `bin` belongs is refused too, naming the field.
+    let err = Codec::MessagePack
+        .decode::<ExchangeRequest>(&rmp_serde::to_vec_named(&bad).unwrap())
+        .unwrap_err();
+    assert_eq!(err.path, "inlineBlobs[0].bytes", "{err}");
+
+    // A missing key is named.
+    let mut bad = fixture("exchange-response-inline.json");
+    bad["inlineBlobs"][0].as_object_mut().unwrap().remove("key");
+    let err = Codec::Json
+        .decode::<ExchangeResponse>(&serde_json::to_vec(&bad).unwrap())
+        .unwrap_err();
+    assert_eq!(err.path, "inlineBlobs[0]", "{err}");
+    assert!(err.message.contains("key"), "{err}");
+}
+
+#[test]
+fn trailing_bytes_are_refused_in_both_codecs() {
+    let value = fixture("exchange-request-noop.json");
+    for (codec, mut body) in bodies(&value) {
+        assert!(codec.decode::<ExchangeRequest>(&body).is_ok());
+        body.extend_from_slice(match codec {
+            Codec::Json => b" {}",
+            Codec::MessagePack => &[0x80],
+        });
+        let err = codec.decode::<ExchangeRequest>(&body).unwrap_err();
+        assert!(err.message.contains("trailing"), "{codec}: {err}");
+        // An invalid marker after the value is trailing data too, not a panic.
+        if codec == Codec::MessagePack {
+            body.pop();
+            body.push(0xc1);
+            let err = codec.decode::<ExchangeRequest>(&body).unwrap_err();
+            assert!(err.message.contains("trailing"), "{codec}: {err}");
+        }
+    }
+}

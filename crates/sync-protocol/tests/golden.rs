@@ -16,7 +16,7 @@ use std::{
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 use sync_protocol::{
-    Codec, ExchangeRequest, ExchangeResponse, FileRecordRow, RowOp, PROTOCOL_VERSION,
+    Codec, ExchangeRequest, ExchangeResponse, FileRecordRow, InlineBlob, RowOp, PROTOCOL_VERSION,
     RESERVED_TABLE,
 };
 
@@ -27,6 +27,8 @@ const GENERATED: &[&str] = &[
     "exchange-response-download",
     "exchange-response-noop",
     "exchange-response-extensions",
+    "exchange-request-inline",
+    "exchange-response-inline",
 ];
 
 /// Bodies captured from the TypeScript reference (`shared/wire-samples/`, compacted).
@@ -197,5 +199,40 @@ fn fixtures_cover_every_shape() {
     assert_eq!(ext.protocol_version, Some(PROTOCOL_VERSION));
     for refusal in &ext.refusals {
         assert!(ext.halted_authors.contains(refusal.at.node_id()));
+    }
+
+    // Version 2: small blobs inline, base64 in JSON and `bin` in MessagePack, the same bytes
+    // either way, each naming the key of an item in the message.
+    for stem in ["exchange-request-inline", "exchange-response-inline"] {
+        let (json, msgpack): (Vec<InlineBlob>, Vec<InlineBlob>) =
+            if stem.starts_with("exchange-request") {
+                let j: ExchangeRequest = decode(Codec::Json, &format!("{stem}.json"));
+                let m: ExchangeRequest = decode(Codec::MessagePack, &format!("{stem}.msgpack"));
+                assert_eq!(j.accept_inline_blobs, Some(65536));
+                assert!(j
+                    .records
+                    .iter()
+                    .any(|r| r.object_storage_key == j.inline_blobs[0].key));
+                (j.inline_blobs, m.inline_blobs)
+            } else {
+                let j: ExchangeResponse = decode(Codec::Json, &format!("{stem}.json"));
+                let m: ExchangeResponse = decode(Codec::MessagePack, &format!("{stem}.msgpack"));
+                assert!(j
+                    .records
+                    .iter()
+                    .any(|r| r.object_storage_key == j.inline_blobs[0].key));
+                (j.inline_blobs, m.inline_blobs)
+            };
+        assert_eq!(json, msgpack, "{stem}");
+        assert_eq!(
+            json[0].bytes, b"tiny thumbnail bytes\x00\x01\x02\xff",
+            "{stem}"
+        );
+        let raw = read(&format!("{stem}.msgpack"));
+        assert!(
+            raw.windows(2)
+                .any(|w| w == [0xc4, json[0].bytes.len() as u8]),
+            "{stem}: the bytes travel as a MessagePack bin"
+        );
     }
 }

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 use sync_hlc::{MAX_NODE_ID_LEN, MAX_WALL_TIME};
 use sync_protocol::{
-    AppRow, Codec, ExchangeRequest, ExchangeResponse, Hlc, NodeId, Refusal, RowOp, RowValues,
-    SharedRecord, Watermarks,
+    AppRow, Codec, ExchangeRequest, ExchangeResponse, Hlc, InlineBlob, NodeId, Refusal, RowOp,
+    RowValues, SharedRecord, Watermarks,
 };
 
 fn node() -> impl Strategy<Value = NodeId> {
@@ -121,17 +121,33 @@ fn app_row() -> impl Strategy<Value = AppRow> {
         })
 }
 
+fn inline_blobs() -> impl Strategy<Value = Vec<InlineBlob>> {
+    prop::collection::vec(
+        (text(), prop::collection::vec(any::<u8>(), 0..40))
+            .prop_map(|(key, bytes)| InlineBlob { key, bytes }),
+        0..3,
+    )
+}
+
 fn request() -> impl Strategy<Value = ExchangeRequest> {
     (
-        watermarks(),
-        prop::collection::vec(shared_record(), 0..3),
-        prop::collection::vec(app_row(), 0..3),
+        (
+            watermarks(),
+            prop::collection::vec(shared_record(), 0..3),
+            prop::collection::vec(app_row(), 0..3),
+            prop::option::of(any::<u64>()),
+            prop::option::of(any::<u32>()),
+            prop::option::of(watermarks()),
+        ),
         prop::option::of(any::<u64>()),
-        prop::option::of(any::<u32>()),
-        prop::option::of(watermarks()),
+        inline_blobs(),
     )
         .prop_map(
-            |(watermarks, records, app_syncable_rows, limit, protocol_version, peer_watermarks)| {
+            |(
+                (watermarks, records, app_syncable_rows, limit, protocol_version, peer_watermarks),
+                accept_inline_blobs,
+                inline_blobs,
+            )| {
                 ExchangeRequest {
                     watermarks,
                     records,
@@ -139,6 +155,8 @@ fn request() -> impl Strategy<Value = ExchangeRequest> {
                     limit,
                     protocol_version,
                     peer_watermarks,
+                    accept_inline_blobs,
+                    inline_blobs,
                 }
             },
         )
@@ -153,9 +171,21 @@ fn response() -> impl Strategy<Value = ExchangeResponse> {
         prop::collection::vec(node(), 0..3),
         prop::collection::vec((hlc(), text()), 0..3),
         prop::option::of(any::<u32>()),
+        prop::option::of(any::<u64>()),
+        inline_blobs(),
     )
         .prop_map(
-            |(records, app_syncable_rows, responder_watermarks, has_more, halted, refusals, v)| {
+            |(
+                records,
+                app_syncable_rows,
+                responder_watermarks,
+                has_more,
+                halted,
+                refusals,
+                v,
+                accept_inline_blobs,
+                inline_blobs,
+            )| {
                 ExchangeResponse {
                     records,
                     app_syncable_rows,
@@ -167,6 +197,8 @@ fn response() -> impl Strategy<Value = ExchangeResponse> {
                         .map(|(at, reason)| Refusal { at, reason })
                         .collect(),
                     protocol_version: v,
+                    accept_inline_blobs,
+                    inline_blobs,
                 }
             },
         )

@@ -580,6 +580,7 @@ pub struct MemoryBlobs {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,
     faults: Arc<Faults>,
     puts: AtomicU64,
+    inline_limit: AtomicU64,
 }
 
 impl MemoryBlobs {
@@ -621,6 +622,32 @@ impl MemoryBlobs {
         self.puts.load(Ordering::Relaxed)
     }
 
+    /// Takes and serves blobs up to `bytes` inline (protocol version 2); 0, the default,
+    /// turns inline blobs off, so every blob moves through push and pull. Inline reads and
+    /// writes go through the same fault points as transfers (`BlobGet`, `BlobPut`).
+    pub fn set_inline_limit(&self, bytes: u64) {
+        self.inline_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Verifies `bytes` against the manifest, then stores them (unless the key is present).
+    fn land(&self, m: &BlobManifest, bytes: Vec<u8>) -> Result<Transferred, BlobError> {
+        if self.has(&m.key) {
+            return Ok(Transferred::AlreadyPresent);
+        }
+        verify(m, &bytes)?;
+        let n = bytes.len() as u64;
+        self.put(&m.key, bytes)?;
+        Ok(Transferred::Copied { bytes: n })
+    }
+
+    fn read_bounded(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, BlobError> {
+        match self.get(key) {
+            Ok(bytes) if bytes.len() as u64 <= max_bytes => Ok(Some(bytes)),
+            Ok(_) | Err(BlobError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
         if self.faults.fires(&FaultPoint::BlobGet(key.to_string())) {
             return Err(BlobError::Transient {
@@ -654,6 +681,36 @@ impl BlobStore for MemoryBlobs {
     async fn contains(&self, key: &str) -> Result<bool, BlobError> {
         Ok(self.has(key))
     }
+
+    fn inline_limit(&self) -> u64 {
+        self.inline_limit.load(Ordering::Relaxed)
+    }
+
+    async fn read_inline(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, BlobError> {
+        self.read_bounded(key, max_bytes)
+    }
+
+    async fn write_inline(
+        &self,
+        manifest: &BlobManifest,
+        bytes: Vec<u8>,
+    ) -> Result<Transferred, BlobError> {
+        self.land(manifest, bytes)
+    }
+}
+
+fn verify(m: &BlobManifest, bytes: &[u8]) -> Result<(), BlobError> {
+    if let Some(expected) = expected_sha256(&m.content_hash) {
+        let actual = sha256_hex(bytes);
+        if actual != expected {
+            return Err(BlobError::HashMismatch {
+                key: m.key.clone(),
+                expected,
+                actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The SHA-256 the content hash names, if it names one (64 hex digits, optionally after
@@ -682,16 +739,7 @@ fn copy(m: &BlobManifest, from: &MemoryBlobs, to: &MemoryBlobs) -> Result<Transf
         return Ok(Transferred::AlreadyPresent);
     }
     let bytes = from.get(&m.key)?;
-    if let Some(expected) = expected_sha256(&m.content_hash) {
-        let actual = sha256_hex(&bytes);
-        if actual != expected {
-            return Err(BlobError::HashMismatch {
-                key: m.key.clone(),
-                expected,
-                actual,
-            });
-        }
-    }
+    verify(m, &bytes)?;
     let n = bytes.len() as u64;
     to.put(&m.key, bytes)?;
     Ok(Transferred::Copied { bytes: n })
@@ -705,6 +753,26 @@ impl BlobTransfer for MemoryTransfer {
 
     async fn pull(&self, manifest: &BlobManifest) -> Result<Transferred, BlobError> {
         copy(manifest, &self.remote, &self.local)
+    }
+
+    fn inline_limit(&self) -> u64 {
+        self.local.inline_limit()
+    }
+
+    async fn read_local(
+        &self,
+        manifest: &BlobManifest,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>, BlobError> {
+        self.local.read_bounded(&manifest.key, max_bytes)
+    }
+
+    async fn land_inline(
+        &self,
+        manifest: &BlobManifest,
+        bytes: Vec<u8>,
+    ) -> Result<Transferred, BlobError> {
+        self.local.land(manifest, bytes)
     }
 }
 

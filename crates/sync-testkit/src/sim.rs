@@ -38,7 +38,23 @@ pub struct SimOptions {
     pub cut_order: CutOrder,
     /// Make the server's coverage report overstate what it holds (a deliberate bug).
     pub overstate_coverage: bool,
+    /// Which seeds carry small blobs inline (protocol version 2) on every side.
+    pub inline_blobs: InlineBlobs,
 }
+
+/// Which seeds of a simulation carry small blobs inside the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InlineBlobs {
+    /// None: every blob moves through push and pull.
+    Never,
+    /// Every seed.
+    Always,
+    /// Odd seeds (the default), so a run covers both paths.
+    OddSeeds,
+}
+
+/// The inline limit of the simulated blob stores, when inline blobs are on.
+const SIM_INLINE_LIMIT: u64 = 64 * 1024;
 
 impl Default for SimOptions {
     fn default() -> Self {
@@ -46,6 +62,7 @@ impl Default for SimOptions {
             steps: 120,
             cut_order: CutOrder::PerOriginVersion,
             overstate_coverage: false,
+            inline_blobs: InlineBlobs::OddSeeds,
         }
     }
 }
@@ -63,6 +80,8 @@ pub struct SimStats {
     pub writes: usize,
     /// Heal passes until convergence.
     pub heal_passes: usize,
+    /// Blobs carried inline in requests that went out.
+    pub inline_sent: usize,
 }
 
 /// A seed that broke an invariant.
@@ -320,7 +339,7 @@ impl World {
         let mut rng = Rng(seed);
         let base = ManualTime::new(1_700_000_000_000, 1);
         let n = 2 + rng.below(4) as usize;
-        let devices = (0..n)
+        let devices: Vec<Device> = (0..n)
             .map(|i| {
                 let offset = Arc::new(SkewedTime {
                     base: base.clone(),
@@ -334,10 +353,21 @@ impl World {
                 }
             })
             .collect();
+        let server = Side::in_memory("cloud-server", base.clone());
+        let inline = match options.inline_blobs {
+            InlineBlobs::Never => false,
+            InlineBlobs::Always => true,
+            InlineBlobs::OddSeeds => seed % 2 == 1,
+        };
+        if inline {
+            for side in devices.iter().map(|d| &d.side).chain([&server]) {
+                side.blobs.set_inline_limit(SIM_INLINE_LIMIT);
+            }
+        }
         Self {
             seed,
             rng,
-            server: Side::in_memory("cloud-server", base.clone()),
+            server,
             base,
             devices,
             log: Vec::new(),
@@ -578,11 +608,15 @@ impl World {
             clock: dev.side.clock.clone(),
             time: dev.side.time.clone(),
             config,
-        });
+        })
+        // A requester lives for one round here; a real one learns this from its first
+        // response. (Without inline support on the device, it sends none.)
+        .assume_peer_inline_limit(SIM_INLINE_LIMIT);
         let result = block_on(requester.exchange());
         let sent = recording.sent.lock().unwrap().take();
         if let Some(req) = &sent {
             check_prefix(d, &before.peer, &candidates, req)?;
+            self.stats.inline_sent += req.inline_blobs.len();
         }
         let after = self.devices[d].side.state.get(channel);
         match result {

@@ -22,22 +22,27 @@ fn simulation_keeps_every_invariant() {
     let seeds = env_u64("STARKEEP_SIM_SEEDS").unwrap_or(300);
     let first = env_u64("STARKEEP_SIM_SEED").unwrap_or(0);
     let started = Instant::now();
-    let (mut rounds, mut writes, mut failed) = (0, 0, 0);
+    let (mut rounds, mut writes, mut failed, mut inline) = (0, 0, 0, 0);
     for seed in first..first + seeds {
         match run_seed(seed, &SimOptions::default()) {
             Ok(stats) => {
                 rounds += stats.rounds;
                 writes += stats.writes;
                 failed += stats.failed_rounds;
+                inline += stats.inline_sent;
             }
             Err(failure) => panic!("{failure}"),
         }
     }
     eprintln!(
         "simulated {seeds} seeds from {first}: {rounds} rounds ({failed} failed as a whole), \
-         {writes} writes, in {:.1?}",
+         {writes} writes, {inline} blobs shipped inline, in {:.1?}",
         started.elapsed()
     );
+    // Odd seeds carry small blobs inline: the run must have exercised that path.
+    if seeds >= 10 {
+        assert!(inline > 0, "no blob was ever shipped inline");
+    }
 }
 
 /// The simulator has teeth: the classic page-order bug (cutting the page stream by stream,

@@ -25,13 +25,9 @@ impl ExchangeTransport for Gate {
             let _ = rx.await;
         }
         Ok(ExchangeResponse {
-            records: vec![],
-            app_syncable_rows: vec![],
             responder_watermarks: Watermarks::new(),
             has_more: true,
-            halted_authors: vec![],
-            refusals: vec![],
-            protocol_version: None,
+            ..ExchangeResponse::default()
         })
     }
 }

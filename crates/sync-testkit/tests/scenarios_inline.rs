@@ -1,0 +1,374 @@
+//! Inline small blobs (protocol version 2, issue 7): a blob at most the negotiated size rides
+//! inside the exchange instead of one `/files` request each, in both directions, with the
+//! same guarantees as a transfer: verified against the content hash before it is stored,
+//! nothing stored for a refused item, per-origin contiguity, and a peer without the
+//! extension still converges.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::executor::block_on;
+use sync_core::{
+    Direction, ExchangeError, ExchangeTransport, ItemProblem, Requester, RequesterParts, Residency,
+    ResponderConfig,
+};
+use sync_protocol::{ExchangeRequest, ExchangeResponse};
+use sync_testkit::{
+    harness::Pair,
+    memory::{FaultyTransport, MemoryTransfer},
+};
+
+const LIMIT: u64 = 1024;
+
+type Tamper<T> = Box<dyn Fn(&mut T) + Send + Sync>;
+
+/// The transport between the two sides of a pair, keeping what went each way and letting a
+/// test tamper with the messages.
+struct Wire {
+    inner: Arc<dyn ExchangeTransport>,
+    requests: Mutex<Vec<ExchangeRequest>>,
+    responses: Mutex<Vec<ExchangeResponse>>,
+    on_request: Mutex<Option<Tamper<ExchangeRequest>>>,
+    on_response: Mutex<Option<Tamper<ExchangeResponse>>>,
+}
+
+#[async_trait]
+impl ExchangeTransport for Wire {
+    async fn exchange(
+        &self,
+        mut request: ExchangeRequest,
+    ) -> Result<ExchangeResponse, ExchangeError> {
+        if let Some(f) = &*self.on_request.lock().unwrap() {
+            f(&mut request);
+        }
+        self.requests.lock().unwrap().push(request.clone());
+        let mut response = self.inner.exchange(request).await?;
+        if let Some(f) = &*self.on_response.lock().unwrap() {
+            f(&mut response);
+        }
+        self.responses.lock().unwrap().push(response.clone());
+        Ok(response)
+    }
+}
+
+/// A pair whose blob stores take blobs up to [`LIMIT`] inline, with one long-lived
+/// requester (it learns the responder's limit from the first response, as an engine does).
+struct Inline {
+    pair: Pair,
+    wire: Arc<Wire>,
+    requester: Requester,
+}
+
+impl Inline {
+    fn new(pair: Pair, responder: ResponderConfig) -> Self {
+        pair.local.blobs.set_inline_limit(LIMIT);
+        pair.cloud.blobs.set_inline_limit(LIMIT);
+        let wire = Arc::new(Wire {
+            inner: Arc::new(pair.cloud.responder(&pair.channel, responder)),
+            requests: Mutex::default(),
+            responses: Mutex::default(),
+            on_request: Mutex::default(),
+            on_response: Mutex::default(),
+        });
+        let requester = Requester::new(RequesterParts {
+            data: pair.local.data(&pair.channel),
+            state: pair.local.state.clone(),
+            transfer: Arc::new(MemoryTransfer {
+                local: pair.local.blobs.clone(),
+                remote: pair.cloud.blobs.clone(),
+            }),
+            transport: Arc::new(FaultyTransport {
+                inner: wire.clone(),
+                faults: pair.transport_faults.clone(),
+            }),
+            clock: pair.local.clock.clone(),
+            time: pair.local.time.clone(),
+            config: pair.config.clone(),
+        });
+        Self {
+            pair,
+            wire,
+            requester,
+        }
+    }
+
+    fn drive() -> Self {
+        Self::new(Pair::drive(), ResponderConfig::default())
+    }
+
+    fn round(&self) -> sync_core::RoundReport {
+        block_on(self.requester.exchange()).expect("round")
+    }
+
+    fn last_request(&self) -> ExchangeRequest {
+        self.wire.requests.lock().unwrap().last().cloned().unwrap()
+    }
+
+    fn last_response(&self) -> ExchangeResponse {
+        self.wire.responses.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+#[test]
+fn in01_the_first_round_learns_the_limit_then_small_blobs_ride_in_the_request() {
+    let t = Inline::drive();
+    let r1 = t.pair.local.put_record("R1", Some(b"first small blob"));
+    let r = t.round();
+    assert_eq!((r.shipped, r.has_more), (1, false));
+    // Round 1: the responder's limit is not known yet, so the blob went through a push.
+    let req = t.last_request();
+    assert_eq!(req.accept_inline_blobs, Some(LIMIT));
+    assert!(req.inline_blobs.is_empty());
+    assert_eq!(t.last_response().accept_inline_blobs, Some(LIMIT));
+    assert!(t.pair.cloud.blobs.has(&r1.object_storage_key));
+
+    let small = t.pair.local.put_record("R2", Some(b"second small blob"));
+    let big_bytes = vec![7u8; LIMIT as usize + 1];
+    let big = t.pair.local.put_record("R3", Some(&big_bytes));
+    let puts_before = t.pair.cloud.blobs.put_count();
+    let r = t.round();
+    assert_eq!((r.shipped, r.has_more), (2, false), "{r:?}");
+    let req = t.last_request();
+    let inline: Vec<&str> = req.inline_blobs.iter().map(|b| b.key.as_str()).collect();
+    assert_eq!(
+        inline,
+        [small.object_storage_key.as_str()],
+        "only the small one"
+    );
+    assert_eq!(req.inline_blobs[0].bytes, b"second small blob");
+    // Both blobs are at the responder, byte for byte, one of them pushed.
+    assert_eq!(
+        t.pair
+            .cloud
+            .blobs
+            .bytes(&small.object_storage_key)
+            .as_deref(),
+        Some(&b"second small blob"[..])
+    );
+    assert_eq!(
+        t.pair.cloud.blobs.bytes(&big.object_storage_key),
+        Some(big_bytes)
+    );
+    assert_eq!(t.pair.cloud.blobs.put_count(), puts_before + 2);
+    assert_eq!(t.pair.cloud.record_residency("R2"), Residency::Resident);
+    assert_eq!(t.pair.cloud.record("R3"), t.pair.local.record("R3"));
+}
+
+#[test]
+fn in02_a_page_arrives_with_its_small_blobs_and_lands_resident() {
+    let t = Inline::drive();
+    let a = t.pair.cloud.put_record("A", Some(b"blob a"));
+    let b = t.pair.cloud.put_record("B", Some(b"blob b"));
+    let c = t.pair.cloud.put_record("C", None);
+    let r = t.round();
+    assert_eq!((r.applied, r.has_more), (3, false), "{r:?}");
+    let resp = t.last_response();
+    let mut keys: Vec<&str> = resp.inline_blobs.iter().map(|b| b.key.as_str()).collect();
+    keys.sort();
+    let mut want = [a.object_storage_key.as_str(), b.object_storage_key.as_str()];
+    want.sort();
+    assert_eq!(keys, want);
+    for id in ["A", "B", "C"] {
+        assert_eq!(
+            t.pair.local.record_residency(id),
+            Residency::Resident,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        t.pair.local.blobs.bytes(&a.object_storage_key).as_deref(),
+        Some(&b"blob a"[..])
+    );
+    assert!(c.object_storage_key.is_empty());
+    assert_eq!(t.pair.own().get("cloud"), Some(&c.updated_at));
+}
+
+#[test]
+fn in03_a_corrupted_inline_blob_in_a_request_is_refused_and_nothing_is_stored() {
+    let t = Inline::drive();
+    t.pair.local.put_record("warm-up", Some(b"learn the limit"));
+    t.round();
+    let r1 = t.pair.local.put_record("R1", Some(b"will be corrupted"));
+    let r2 = t.pair.local.put_record("R2", Some(b"behind it"));
+    *t.wire.on_request.lock().unwrap() = Some(Box::new(|req: &mut ExchangeRequest| {
+        for blob in &mut req.inline_blobs {
+            blob.bytes[0] ^= 0xff;
+        }
+    }));
+    let r = t.round();
+    assert_eq!(r.halted_by_peer, vec![t.pair.local.node.clone()]);
+    assert!(
+        r.peer_refusals[0].reason.contains("content hash"),
+        "{:?}",
+        r.peer_refusals
+    );
+    // Nothing of either item, and no bytes at either key.
+    assert_eq!(t.pair.cloud.record("R1"), None);
+    assert_eq!(t.pair.cloud.record("R2"), None);
+    assert!(!t.pair.cloud.blobs.has(&r1.object_storage_key));
+    assert!(!t.pair.cloud.blobs.has(&r2.object_storage_key));
+    assert!(t.pair.peer().get("local") < Some(&r1.updated_at));
+
+    // The wire heals: the next round ships both again, and they land.
+    *t.wire.on_request.lock().unwrap() = None;
+    let r = t.round();
+    assert_eq!((r.shipped, r.halted_by_peer.len()), (2, 0), "{r:?}");
+    assert_eq!(t.pair.cloud.record_residency("R1"), Residency::Resident);
+    assert_eq!(t.pair.cloud.record_residency("R2"), Residency::Resident);
+    assert_eq!(t.pair.peer().get("local"), Some(&r2.updated_at));
+}
+
+#[test]
+fn in04_a_corrupted_inline_blob_in_a_response_stages_the_item_and_the_next_round_lands_it() {
+    let t = Inline::drive();
+    let a = t.pair.cloud.put_record("A", Some(b"blob a"));
+    *t.wire.on_response.lock().unwrap() = Some(Box::new(|resp: &mut ExchangeResponse| {
+        for blob in &mut resp.inline_blobs {
+            blob.bytes.push(b'!');
+        }
+    }));
+    let r = t.round();
+    assert_eq!(r.applied, 0);
+    assert!(r.has_more);
+    let failure = &r.failures[0];
+    assert_eq!(failure.direction, Direction::Inbound);
+    assert!(
+        matches!(&failure.problem, ItemProblem::Blob(m) if m.contains("content hash")),
+        "{failure:?}"
+    );
+    assert_eq!(t.pair.local.record_residency("A"), Residency::Staged);
+    assert!(!t.pair.local.blobs.has(&a.object_storage_key));
+    assert_eq!(
+        t.pair.own().get("cloud"),
+        None,
+        "the watermark stays behind it"
+    );
+
+    *t.wire.on_response.lock().unwrap() = None;
+    let r = t.round();
+    assert_eq!(r.became_resident, 1, "{r:?}");
+    assert!(!r.has_more);
+    assert_eq!(t.pair.local.record_residency("A"), Residency::Resident);
+    assert_eq!(t.pair.own().get("cloud"), Some(&a.updated_at));
+}
+
+#[test]
+fn in05_inline_blobs_no_item_names_or_outside_the_namespace_are_never_stored() {
+    let t = Inline::drive();
+    t.pair.local.put_record("warm-up", Some(b"learn the limit"));
+    t.round();
+    let r = t.pair.local.put_record("R", None);
+    *t.wire.on_request.lock().unwrap() = Some(Box::new(|req: &mut ExchangeRequest| {
+        req.inline_blobs.push(sync_protocol::InlineBlob {
+            key: "shared/test/zz/stowaway".into(),
+            bytes: b"not named by any item".to_vec(),
+        });
+    }));
+    let rep = t.round();
+    assert_eq!((rep.shipped, rep.halted_by_peer.len()), (1, 0));
+    assert_eq!(t.pair.cloud.record("R"), Some(r));
+    assert!(!t.pair.cloud.blobs.has("shared/test/zz/stowaway"));
+
+    // A Drive record naming an app's key, with the bytes inline: refused, nothing stored.
+    *t.wire.on_request.lock().unwrap() = None;
+    let bytes = b"escape attempt";
+    let mut evil = t.pair.local.make_record("EVIL", Some(bytes));
+    let hash = evil.content_hash.clone();
+    evil.object_storage_key = format!("apps/other/syncable/{hash}");
+    t.pair.local.blobs.insert(&evil.object_storage_key, bytes);
+    t.pair.local.apply_record(&evil);
+    let rep = t.round();
+    assert_eq!(
+        rep.halted_by_peer,
+        vec![t.pair.local.node.clone()],
+        "{rep:?}"
+    );
+    assert!(rep.peer_refusals[0].reason.contains("namespace"));
+    assert_eq!(t.pair.cloud.record("EVIL"), None);
+    assert!(!t.pair.cloud.blobs.has(&evil.object_storage_key));
+}
+
+#[test]
+fn in06_a_responder_without_inline_blobs_refuses_them_and_the_next_round_pushes() {
+    // A peer that takes none (a TypeScript responder ignores `inlineBlobs` and finds the
+    // blob missing): the items are refused, the requester learns, and pushes instead.
+    let pair = Pair::drive();
+    let t = Inline::new(pair, ResponderConfig::default().with_inline_blob_limit(0));
+    let t = Inline {
+        requester: t.requester.assume_peer_inline_limit(LIMIT),
+        ..t
+    };
+    let r1 = t.pair.local.put_record("R1", Some(b"small"));
+    let rep = t.round();
+    assert_eq!(t.last_request().inline_blobs.len(), 1);
+    assert_eq!(rep.halted_by_peer, vec![t.pair.local.node.clone()]);
+    assert_eq!(t.last_response().accept_inline_blobs, None);
+    assert!(!t.pair.cloud.blobs.has(&r1.object_storage_key));
+
+    let rep = t.round();
+    assert!(t.last_request().inline_blobs.is_empty());
+    assert_eq!((rep.shipped, rep.has_more), (1, false), "{rep:?}");
+    assert_eq!(t.pair.cloud.record_residency("R1"), Residency::Resident);
+}
+
+#[test]
+fn in07_the_budget_bounds_inline_bytes_per_message_and_the_rest_still_lands() {
+    let pair = Pair::drive();
+    let mut pair = pair;
+    pair.config = pair.config.clone().with_inline_budget(250);
+    let t = Inline::new(pair, ResponderConfig::default().with_inline_budget(250));
+    t.pair.local.put_record("warm-up", Some(b"learn the limit"));
+    t.round();
+    for i in 0..5 {
+        t.pair
+            .local
+            .put_record(&format!("up{i}"), Some(&[i as u8; 100]));
+        t.pair
+            .cloud
+            .put_record(&format!("down{i}"), Some(&[100 + i as u8; 100]));
+    }
+    let rep = t.round();
+    assert_eq!((rep.shipped, rep.applied, rep.has_more), (5, 5, false));
+    assert_eq!(
+        t.last_request().inline_blobs.len(),
+        2,
+        "250 bytes: two of 100"
+    );
+    assert_eq!(t.last_response().inline_blobs.len(), 2);
+    for i in 0..5 {
+        assert_eq!(
+            t.pair.cloud.record_residency(&format!("up{i}")),
+            Residency::Resident
+        );
+        assert_eq!(
+            t.pair.local.record_residency(&format!("down{i}")),
+            Residency::Resident
+        );
+    }
+}
+
+#[test]
+fn in08_an_lww_loser_lands_no_inline_blob() {
+    let t = Inline::drive();
+    let old = t.pair.cloud.put_record("X", Some(b"old bytes"));
+    let new = t.pair.local.put_record("X", Some(b"new bytes"));
+    assert!(new.updated_at > old.updated_at);
+    // The local version is taken as already shipped, so the cloud's older one comes down.
+    let mut peer = sync_hlc::Watermarks::default();
+    peer.advance(&new.updated_at);
+    t.pair.set_watermarks(sync_hlc::Watermarks::default(), peer);
+    let r = t.round();
+    assert_eq!((r.shipped, r.applied), (0, 0), "{r:?}");
+    let resp = t.last_response();
+    assert_eq!(resp.records, vec![old.clone()]);
+    assert_eq!(
+        resp.inline_blobs[0].key, old.object_storage_key,
+        "sent inline"
+    );
+    assert_eq!(t.pair.local.record("X"), Some(new));
+    assert!(
+        !t.pair.local.blobs.has(&old.object_storage_key),
+        "the loser's blob is not landed"
+    );
+    assert_eq!(t.pair.own().get("cloud"), Some(&old.updated_at));
+}
