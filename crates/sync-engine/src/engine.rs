@@ -1,6 +1,9 @@
 use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -11,8 +14,11 @@ use sync_core::{
 };
 use sync_hlc::{Clock, ClockConfig, Hlc, NodeId, Watermarks};
 use sync_protocol::{AppRow, RowOp, RowValues, SharedRecord};
+use tracing::{field, Instrument};
 
-use crate::{retry::splitmix, ChangeEvent, Notifier, RetryPolicy, Subscription, SystemClock};
+use crate::{
+    retry::splitmix, ChangeEvent, NodeMetrics, Notifier, RetryPolicy, Subscription, SystemClock,
+};
 
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +141,7 @@ pub struct EngineBuilder {
     time: Arc<dyn TimeSource>,
     clock: Option<SharedClock>,
     notifier: Option<Notifier>,
+    metrics: Option<NodeMetrics>,
     round: RoundConfig,
     clock_config: ClockConfig,
     retry: RetryPolicy,
@@ -180,6 +187,12 @@ impl EngineBuilder {
     /// Shares a notifier with other engines of the node.
     pub fn notifier(mut self, notifier: Notifier) -> Self {
         self.notifier = Some(notifier);
+        self
+    }
+    /// Counts into `metrics`: share one [`NodeMetrics`] among a node's engines, or continue
+    /// from a persisted snapshot (default: fresh counters for this engine).
+    pub fn metrics(mut self, metrics: NodeMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
     /// Most items per round in each direction (default 1000).
@@ -282,6 +295,8 @@ impl EngineBuilder {
                 clock,
                 time: self.time,
                 notifier: self.notifier.unwrap_or_default(),
+                metrics: self.metrics.unwrap_or_default(),
+                rounds: AtomicU64::new(0),
                 retry: self.retry,
                 max_rounds: self.max_rounds,
             }),
@@ -300,6 +315,9 @@ struct Inner {
     clock: SharedClock,
     time: Arc<dyn TimeSource>,
     notifier: Notifier,
+    metrics: NodeMetrics,
+    /// Rounds this engine started, to number them in traces.
+    rounds: AtomicU64,
     retry: RetryPolicy,
     max_rounds: usize,
 }
@@ -324,6 +342,67 @@ pub struct EngineStatus {
     pub local: Watermarks,
     /// Origin nodes with versions here the peer has not reported covering.
     pub pending_outbound_nodes: Vec<NodeId>,
+    /// Per origin node, how far each side trails the other.
+    pub lag: Vec<OriginLag>,
+}
+
+/// How far this node and its peer trail each other for one origin node's data, measured
+/// on the watermarks (no store scan), as of the peer's last coverage report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OriginLag {
+    /// The origin node.
+    pub node: NodeId,
+    /// The newest version of it stored here.
+    pub local: Option<Hlc>,
+    /// What this node has fully landed of it (its contiguous prefix).
+    pub own: Option<Hlc>,
+    /// What the peer last reported covering.
+    pub peer: Option<Hlc>,
+    /// The peer's coverage is below what is stored here: this node has more to ship.
+    pub outbound_pending: bool,
+    /// When pending, how far (ms of HLC wall time) the peer's coverage trails what is stored
+    /// here; `None` when not pending or when the peer holds nothing of this node yet.
+    pub outbound_ms: Option<u64>,
+    /// This node holds less than the peer's coverage: it has more to receive.
+    pub inbound_pending: bool,
+    /// When pending, how far (ms) this node trails the peer's coverage; `None` when not
+    /// pending or when nothing of this node landed here yet.
+    pub inbound_ms: Option<u64>,
+}
+
+impl OriginLag {
+    fn between(
+        node: &NodeId,
+        me: &NodeId,
+        own: &Watermarks,
+        peer: &Watermarks,
+        local: &Watermarks,
+    ) -> Self {
+        let get = |w: &Watermarks| w.get(node.as_str()).cloned();
+        let (local_v, own_v, peer_v) = (get(local), get(own), get(peer));
+        // What this node holds of the origin: its contiguous landed prefix; of its own
+        // writes, everything stored (it authored them).
+        let held = if node == me {
+            local_v.clone().max(own_v.clone())
+        } else {
+            own_v.clone()
+        };
+        let distance = |high: &Option<Hlc>, low: &Option<Hlc>| match (high, low) {
+            (Some(h), Some(l)) if h > l => Some(h.wall_time().saturating_sub(l.wall_time())),
+            _ => None,
+        };
+        Self {
+            node: node.clone(),
+            outbound_pending: local_v > peer_v,
+            outbound_ms: distance(&local_v, &peer_v),
+            inbound_pending: peer_v > held,
+            inbound_ms: distance(&peer_v, &held),
+            local: local_v,
+            own: own_v,
+            peer: peer_v,
+        }
+    }
 }
 
 impl Engine {
@@ -341,6 +420,7 @@ impl Engine {
             time: Arc::new(SystemClock),
             clock: None,
             notifier: None,
+            metrics: None,
             round: RoundConfig::default(),
             clock_config: ClockConfig::default(),
             retry: RetryPolicy::default(),
@@ -376,11 +456,78 @@ impl Engine {
         self.inner.notifier.subscribe(listener)
     }
 
+    /// The counters this engine counts into.
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.inner.metrics
+    }
+
     /// One exchange round. `local-data-synced` is emitted after its state was persisted.
     pub async fn exchange(&self) -> Result<RoundReport, Error> {
-        let report = self.inner.requester.exchange().await?;
-        self.announce(&report);
-        Ok(report)
+        self.round().await
+    }
+
+    /// One round inside its `round` span (channel and number first; what it did, whether
+    /// more remains and how long it took recorded when it ends), counted in the metrics and
+    /// announced to listeners.
+    async fn round(&self) -> Result<RoundReport, Error> {
+        let number = self.inner.rounds.fetch_add(1, Ordering::Relaxed) + 1;
+        let span = tracing::info_span!(
+            "round",
+            channel = %self.inner.channel,
+            round = number,
+            applied = field::Empty,
+            became_resident = field::Empty,
+            shipped = field::Empty,
+            failures = field::Empty,
+            halted_by_peer = field::Empty,
+            has_more = field::Empty,
+            stalled = field::Empty,
+            duration_ms = field::Empty,
+            error = field::Empty,
+        );
+        let started = Instant::now();
+        let result = self
+            .inner
+            .requester
+            .exchange()
+            .instrument(span.clone())
+            .await
+            .map_err(Error::from);
+        let elapsed = started.elapsed();
+        let now = self.inner.time.now_ms();
+        match &result {
+            Ok(report) => {
+                span.record("applied", report.applied as u64);
+                span.record("became_resident", report.became_resident as u64);
+                span.record("shipped", report.shipped as u64);
+                span.record("failures", report.failures.len() as u64);
+                span.record("halted_by_peer", report.halted_by_peer.len() as u64);
+                span.record("has_more", report.has_more);
+                span.record("stalled", report.stalled());
+                // Failing items are cleared once a watermark covers them; the state is read
+                // back only while there are some.
+                let state = if self.inner.metrics.has_failing_items(&self.inner.channel) {
+                    self.inner.state.load(&self.inner.channel).await.ok()
+                } else {
+                    None
+                };
+                self.inner.metrics.round_completed(
+                    &self.inner.channel,
+                    report,
+                    state.as_ref().map(|s| (&s.own, &s.peer)),
+                    now,
+                );
+                self.announce(report);
+            }
+            Err(e) => {
+                span.record("error", field::display(e));
+                self.inner
+                    .metrics
+                    .round_failed(&self.inner.channel, &e.to_string(), now);
+            }
+        }
+        span.record("duration_ms", elapsed.as_secs_f64() * 1e3);
+        result
     }
 
     fn announce(&self, report: &RoundReport) {
@@ -407,16 +554,7 @@ impl Engine {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self
-                .inner
-                .requester
-                .sync_until_idle_with(self.inner.max_rounds, |r| {
-                    self.announce(r);
-                    on_round(r);
-                })
-                .await
-                .map_err(Error::from);
-            match result {
+            match self.rounds_until_idle(&mut on_round).await {
                 Err(e) if e.is_transient() && attempt < self.inner.retry.max_attempts => {
                     let delay = self.inner.retry.delay(attempt, self.entropy());
                     tracing::warn!(channel = %self.inner.channel, error = %e, ?delay, "round failed; retrying");
@@ -425,6 +563,37 @@ impl Engine {
                 other => return other,
             }
         }
+    }
+
+    /// The loop of `sync_core::Requester::sync_until_idle_with` (same stopping rules: idle,
+    /// two stalled rounds in a row, or `max_rounds`), run here so that every round gets its
+    /// own span and is counted.
+    async fn rounds_until_idle(
+        &self,
+        on_round: &mut (impl FnMut(&RoundReport) + Send),
+    ) -> Result<SyncSummary, Error> {
+        let mut summary = SyncSummary::default();
+        let mut stalled_rounds = 0;
+        while summary.rounds < self.inner.max_rounds {
+            let r = self.round().await?;
+            on_round(&r);
+            summary.rounds += 1;
+            summary.applied += r.applied;
+            summary.shipped += r.shipped;
+            summary.became_resident += r.became_resident;
+            let (more, stalled) = (r.has_more, r.stalled());
+            summary.last = r;
+            if !more {
+                summary.complete = true;
+                break;
+            }
+            stalled_rounds = if stalled { stalled_rounds + 1 } else { 0 };
+            if stalled_rounds >= 2 {
+                summary.stalled = true;
+                break;
+            }
+        }
+        Ok(summary)
     }
 
     pub(crate) fn entropy(&self) -> u64 {
@@ -643,12 +812,24 @@ impl Engine {
             .map_err(sync_core::Error::State)?;
         let local = self.inner.data.coverage().await?;
         let pending_outbound_nodes = state.peer.unseen(&local).map(|(n, _)| n.clone()).collect();
+        let nodes: std::collections::BTreeSet<&NodeId> = state
+            .own
+            .iter()
+            .chain(state.peer.iter())
+            .chain(local.iter())
+            .map(|(n, _)| n)
+            .collect();
+        let lag = nodes
+            .into_iter()
+            .map(|n| OriginLag::between(n, &self.inner.node_id, &state.own, &state.peer, &local))
+            .collect();
         Ok(EngineStatus {
             channel: self.inner.channel.clone(),
             own: state.own,
             peer: state.peer,
             local,
             pending_outbound_nodes,
+            lag,
         })
     }
 }
