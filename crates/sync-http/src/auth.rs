@@ -178,6 +178,8 @@ impl PendingSignature {
 pub(crate) struct Authenticator {
     /// SHA-256 of each token, so comparison time does not depend on token length.
     tokens: Vec<([u8; 32], Scope)>,
+    /// SHA-256 of each token that may read `/metrics`.
+    metrics_tokens: Vec<[u8; 32]>,
     apps: HashMap<String, Vec<u8>>,
     anonymous: Option<Scope>,
     window_ms: u64,
@@ -199,6 +201,7 @@ impl Authenticator {
                 .into_iter()
                 .map(|(t, s)| (Sha256::digest(t.as_bytes()).into(), s))
                 .collect(),
+            metrics_tokens: Vec::new(),
             apps: apps.into_iter().map(|(a, s)| (a, s.into_bytes())).collect(),
             anonymous,
             window_ms,
@@ -314,6 +317,73 @@ impl Authenticator {
             presented,
             ts_ms,
         })))
+    }
+
+    /// Also accepts these bearer tokens on `/metrics` (whatever channels they reach).
+    pub(crate) fn with_metrics_tokens(mut self, tokens: &[String]) -> Self {
+        self.metrics_tokens = tokens
+            .iter()
+            .map(|t| Sha256::digest(t.as_bytes()).into())
+            .collect();
+        self
+    }
+
+    /// Checks the credentials of a `GET /metrics`: a bearer token that reaches every
+    /// channel or was given the metrics scope, or no credentials when anonymous requests
+    /// reach every channel. The figures span every channel, so whoever may read them could
+    /// read all of them anyway, or was trusted with them explicitly (decision 0032).
+    pub(crate) fn admit_metrics(&self, headers: &HeaderMap) -> Result<(), AuthFailure> {
+        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .ok_or_else(|| {
+                    AuthFailure::Unauthorized("Authorization must be `Bearer <token>`".into())
+                })?;
+            let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+            // Compare against every token without stopping early.
+            let mut scope: Option<&Scope> = None;
+            for (known, s) in &self.tokens {
+                if bool::from(known.ct_eq(&digest)) && scope.is_none() {
+                    scope = Some(s);
+                }
+            }
+            let mut metrics = false;
+            for known in &self.metrics_tokens {
+                metrics |= bool::from(known.ct_eq(&digest));
+            }
+            return match (metrics, scope) {
+                (true, _) | (_, Some(Scope::All)) => Ok(()),
+                (false, Some(_)) => Err(AuthFailure::Forbidden(
+                    "this token does not reach /metrics: use a token for every channel or one \
+                     with the metrics scope"
+                        .into(),
+                )),
+                (false, None) => Err(AuthFailure::Unauthorized("unknown bearer token".into())),
+            };
+        }
+        if headers.contains_key(APP_ID_HEADER) || headers.contains_key(APP_SIG_HEADER) {
+            return Err(AuthFailure::Unauthorized(
+                "an app signature does not reach /metrics: send `Authorization: Bearer <token>` \
+                 with a token for every channel or with the metrics scope"
+                    .into(),
+            ));
+        }
+        match &self.anonymous {
+            Some(Scope::All) => Ok(()),
+            Some(_) => Err(AuthFailure::Forbidden(
+                "anonymous requests do not reach /metrics".into(),
+            )),
+            None => Err(AuthFailure::Unauthorized(
+                "missing credentials: send `Authorization: Bearer <token>` with a token for \
+                 every channel or with the metrics scope"
+                    .into(),
+            )),
+        }
     }
 
     /// Checks a signature once the whole body went through it. `trailer` is the value of

@@ -4,6 +4,7 @@ mod auth;
 mod client;
 mod error;
 mod keys;
+mod metrics;
 mod serve;
 mod server;
 mod store;
@@ -13,6 +14,7 @@ pub use auth::{
 };
 pub use client::{HttpClient, HttpClientBuilder, HttpTransport};
 pub use error::{BoxError, Error};
+pub use metrics::ServerMetrics;
 pub use serve::{serve, serve_with, ServeConfig};
 pub use server::{ResponderProvider, ResponseBody, ServerConfig, SyncService, SyncServiceBuilder};
 pub use store::HttpObjectStore;

@@ -31,11 +31,13 @@ use serde_json::json;
 use sync_core::{valid_app_id, Channel, ExchangeError, ExchangeTransport};
 use sync_protocol::{Codec, ExchangeRequest};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::{
     auth::{system_clock, Admission, AuthFailure, Authenticator, WallClock, APP_SIG_HEADER},
     client::require_map,
     keys::{decode_key, in_namespace},
+    metrics::{MeteredProvider, ServerMetrics},
     BoxError, Error, Scope,
 };
 
@@ -157,6 +159,7 @@ pub struct SyncServiceBuilder {
     provider: Arc<dyn ResponderProvider>,
     blobs: Arc<dyn ObjectStore>,
     tokens: Vec<(String, Scope)>,
+    metrics_tokens: Vec<String>,
     apps: HashMap<String, String>,
     anonymous: Option<Scope>,
     config: ServerConfig,
@@ -167,6 +170,14 @@ impl SyncServiceBuilder {
     /// Accepts `Authorization: Bearer <token>` for the channels in `scope`.
     pub fn bearer_token(mut self, token: impl Into<String>, scope: Scope) -> Self {
         self.tokens.push((token.into(), scope));
+        self
+    }
+
+    /// Accepts `Authorization: Bearer <token>` on `GET /metrics` (a scraper's token). It
+    /// reaches no channel unless also given with [`bearer_token`](Self::bearer_token); a
+    /// token whose scope is [`Scope::All`] reads the metrics without this.
+    pub fn metrics_token(mut self, token: impl Into<String>) -> Self {
+        self.metrics_tokens.push(token.into());
         self
     }
 
@@ -211,8 +222,22 @@ impl SyncServiceBuilder {
                     .into(),
             ));
         }
-        if self.tokens.iter().any(|(t, _)| t.trim().is_empty()) {
+        if self
+            .tokens
+            .iter()
+            .map(|(t, _)| t)
+            .chain(&self.metrics_tokens)
+            .any(|t| t.trim().is_empty())
+        {
             return Err(Error::Config("a bearer token may not be empty".into()));
+        }
+        // A metrics-only token is known on the channel routes too, reaching none of them
+        // (403 there, not 401).
+        let mut tokens = self.tokens;
+        for t in &self.metrics_tokens {
+            if !tokens.iter().any(|(known, _)| known == t) {
+                tokens.push((t.clone(), Scope::Channels(Vec::new())));
+            }
         }
         if let Some((app, _)) = self
             .apps
@@ -225,20 +250,27 @@ impl SyncServiceBuilder {
             )));
         }
         let auth = Authenticator::new(
-            self.tokens,
+            tokens,
             self.apps,
             self.anonymous,
             c.signature_window.as_millis() as u64,
             c.replay_cache_capacity,
             self.clock,
-        );
+        )
+        .with_metrics_tokens(&self.metrics_tokens);
+        let metrics = Arc::new(ServerMetrics::default());
         Ok(SyncService {
             inner: Arc::new(Inner {
                 exchanges: Semaphore::new(c.max_concurrent_exchanges),
-                provider: self.provider,
+                // Every responder handed out is counted (exchanges, items, refusals).
+                provider: Arc::new(MeteredProvider {
+                    inner: self.provider,
+                    metrics: metrics.clone(),
+                }),
                 blobs: self.blobs,
                 auth,
                 config: self.config,
+                metrics,
             }),
         })
     }
@@ -252,6 +284,7 @@ impl SyncServiceBuilder {
 /// | route | methods |
 /// |---|---|
 /// | `/health` | `GET`, `HEAD` (no credentials needed) |
+/// | `/metrics` | `GET`, `HEAD`: Prometheus text ([`ServerMetrics`]); a token for every channel or with the metrics scope |
 /// | `{base}/sync/exchange` | `POST`, JSON or MessagePack in, the same out |
 /// | `{base}/files/{key}` | `HEAD`, `GET` (ranges), `PUT` (streamed), `DELETE` |
 /// | `{base}/files/{key}/stat` | `GET`: `{"sizeBytes": n}` |
@@ -266,6 +299,7 @@ struct Inner {
     auth: Authenticator,
     config: ServerConfig,
     exchanges: Semaphore,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl std::fmt::Debug for SyncService {
@@ -288,6 +322,7 @@ impl SyncService {
             provider: Arc::new(provider),
             blobs,
             tokens: Vec::new(),
+            metrics_tokens: Vec::new(),
             apps: HashMap::new(),
             anonymous: None,
             config: ServerConfig::default(),
@@ -298,6 +333,11 @@ impl SyncService {
     /// The limits in force.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The counters `GET /metrics` exposes.
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.inner.metrics
     }
 }
 
@@ -316,14 +356,20 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move {
-            // A panic is a bug, never an answer: it becomes a 500 and the connection lives.
-            let handled = AssertUnwindSafe(inner.handle(request)).catch_unwind().await;
-            Ok(handled.unwrap_or_else(|_| {
-                tracing::error!("request handler panicked");
-                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-            }))
-        })
+        // Counted, and its `request` span closed, when the response body ends.
+        let (tracker, span) = inner.metrics.track(request.method(), request.uri().path());
+        let request = request.map(|body| tracker.count_request(body));
+        Box::pin(
+            async move {
+                // A panic is a bug, never an answer: it becomes a 500 and the connection lives.
+                let handled = AssertUnwindSafe(inner.handle(request)).catch_unwind().await;
+                Ok(tracker.finish(handled.unwrap_or_else(|_| {
+                    tracing::error!("request handler panicked");
+                    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                })))
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -608,6 +654,22 @@ impl Inner {
                 json_response(StatusCode::OK, json!({ "status": "ok" }))
             } else {
                 method_not_allowed(&method, "GET, HEAD")
+            };
+        }
+        if path == "/metrics" {
+            if method != Method::GET && method != Method::HEAD {
+                return method_not_allowed(&method, "GET, HEAD");
+            }
+            return match self.auth.admit_metrics(&parts.headers) {
+                Ok(()) => {
+                    let mut r = Response::new(full_body(self.metrics.render()));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    r
+                }
+                Err(f) => auth_failure(f),
             };
         }
         let route = match parse_route(&path, &method) {

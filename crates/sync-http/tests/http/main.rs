@@ -4,6 +4,7 @@
 mod blobs;
 mod common;
 mod fuzz;
+mod metrics;
 mod rounds;
 mod shutdown;
 mod statuses;
