@@ -38,8 +38,35 @@ pub struct Args {
         default_value = ".starkeep-sync"
     )]
     home: PathBuf,
+    /// Log filter for stderr: a level (error, warn, info, debug, trace) or tracing
+    /// directives such as `sync_engine=info,sync_http=debug`. At info, every round and every
+    /// served request is logged with what it did.
+    #[arg(
+        long,
+        global = true,
+        env = "RUST_LOG",
+        default_value = "warn",
+        value_name = "FILTER",
+        value_parser = parse_log_filter
+    )]
+    log: String,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_log_filter(spec: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .map(|_| spec.to_string())
+        .map_err(|e| format!("{e} (use a level such as `info`, or `sync_engine=debug`)"))
+}
+
+impl Args {
+    /// The log filter of `--log` (or `RUST_LOG`).
+    pub fn log_filter(&self) -> tracing_subscriber::EnvFilter {
+        // Checked when the arguments were parsed.
+        tracing_subscriber::EnvFilter::try_new(&self.log)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,7 +207,8 @@ struct ServeArgs {
     /// S3 endpoint of an S3-compatible server (else AWS_ENDPOINT_URL).
     #[arg(long)]
     s3_endpoint: Option<String>,
-    /// Access token, `SECRET[:SCOPES]` with scopes `drive`, `app:X` (comma-separated; none = all).
+    /// Access token, `SECRET[:SCOPES]` with scopes `drive`, `app:X` or `metrics` (read
+    /// `GET /metrics`), comma-separated; none = every channel, metrics included.
     #[arg(long = "token")]
     tokens: Vec<String>,
     /// A JSON file of app namespaces to serve.
@@ -304,11 +332,18 @@ async fn serve(a: ServeArgs) -> Result<u8> {
         (Some(data), None, None) => Storage::Embedded { data: data.clone() },
         _ => bail!("give --data DIR, or --database postgres://... with --blobs s3://BUCKET"),
     };
-    let mut tokens = a
+    let specs = a
         .tokens
         .iter()
         .map(|t| server::parse_token(t))
         .collect::<Result<Vec<_>>>()?;
+    let metrics_tokens: Vec<String> = specs
+        .iter()
+        .filter(|t| t.metrics)
+        .map(|t| t.secret.clone())
+        .collect();
+    let mut tokens: Vec<(String, sync_http::Scope)> =
+        specs.into_iter().map(|t| (t.secret, t.scope)).collect();
     let mut announce_token = None;
     if tokens.is_empty() {
         let Storage::Embedded { data } = &storage else {
@@ -327,14 +362,18 @@ async fn serve(a: ServeArgs) -> Result<u8> {
         };
         tokens.push((token, sync_http::Scope::All));
     }
-    let running = server::start(ServerOptions {
-        listen: a.listen,
-        storage,
-        tokens,
-        apps,
-        max_limit: a.max_limit,
-        exchange_body_limit: a.max_body,
-    })
+    let running = server::start_with_metrics(
+        ServerOptions {
+            listen: a.listen,
+            storage,
+            tokens,
+            apps,
+            max_limit: a.max_limit,
+            exchange_body_limit: a.max_body,
+        },
+        metrics_tokens,
+        |service| service,
+    )
     .await?;
     println!("listening on http://{}", running.addr);
     if let Some(t) = announce_token {
@@ -588,6 +627,9 @@ async fn sync(
                     .unwrap_or(0);
                 let record = json!({"channel": channel.to_string(), "error": format!("{e:#}"), "unixTime": at});
                 let _ = std::fs::write(&error_path, serde_json::to_vec_pretty(&record)?);
+                if let Err(m) = node.save_metrics() {
+                    tracing::warn!(error = %m, "could not save the node's counters");
+                }
                 return Err(e);
             }
         };
@@ -602,7 +644,7 @@ async fn sync(
             let state = if complete {
                 "up to date"
             } else if stalled {
-                "stalled: some items keep failing (see RUST_LOG=warn output); retry later"
+                "stalled: some items keep failing (`starkeep-sync status` lists them); retry later"
             } else {
                 "more to do: run again (or use --until-idle)"
             };
@@ -616,6 +658,7 @@ async fn sync(
     }
     let status_path = node.home.join("last-sync.json");
     let _ = std::fs::write(status_path, serde_json::to_vec_pretty(&summaries)?);
+    node.save_metrics()?;
     let _ = std::fs::remove_file(error_path);
     Ok(code)
 }
@@ -675,6 +718,7 @@ async fn status(home: &Path, json: bool) -> Result<u8> {
         let res = residency(Some(&item), true, &node.blobs).await?;
         *counts.entry(residency_name(res)).or_default() += 1;
     }
+    let metrics = node.metrics.snapshot();
     for channel in node.channels() {
         let engine = node
             .engine(channel.clone(), &EngineOptions::default())
@@ -686,10 +730,25 @@ async fn status(home: &Path, json: bool) -> Result<u8> {
                 .collect::<serde_json::Map<_, _>>()
                 .into()
         };
+        let text = |h: &Option<sync_engine::hlc::Hlc>| h.as_ref().map(|h| h.to_string());
+        let lag: Vec<Value> = s
+            .lag
+            .iter()
+            .map(|l| {
+                json!({
+                    "node": l.node.to_string(), "local": text(&l.local), "own": text(&l.own),
+                    "peer": text(&l.peer), "outboundPending": l.outbound_pending,
+                    "outboundMs": l.outbound_ms, "inboundPending": l.inbound_pending,
+                    "inboundMs": l.inbound_ms,
+                })
+            })
+            .collect();
         out.push(json!({
             "channel": channel.to_string(),
             "own": wm(&s.own), "peer": wm(&s.peer), "local": wm(&s.local),
             "pendingOutboundNodes": s.pending_outbound_nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "lag": lag,
+            "counters": metrics.channels.get(&channel.to_string()),
         }));
     }
     let last = std::fs::read(node.home.join("last-sync.json"))
@@ -701,27 +760,120 @@ async fn status(home: &Path, json: bool) -> Result<u8> {
     let report = json!({
         "nodeId": node.config.node_id, "server": node.config.server,
         "records": counts, "channels": out, "lastSync": last, "lastError": last_error,
+        "failingItems": metrics.failing_items,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("node {} -> {}", node.config.node_id, node.config.server);
-        println!("records: {}", serde_json::to_string(&counts)?);
-        if let Some(e) = report["lastError"].as_object() {
-            println!(
-                "last error: {}",
-                e.get("error").and_then(Value::as_str).unwrap_or("")
-            );
+        return Ok(exit::OK);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    println!("node {} -> {}", node.config.node_id, node.config.server);
+    println!("records: {}", serde_json::to_string(&counts)?);
+    if let Some(e) = report["lastError"].as_object() {
+        println!(
+            "last error: {}",
+            e.get("error").and_then(Value::as_str).unwrap_or("")
+        );
+    }
+    for c in &out {
+        let name = c["channel"].as_str().unwrap_or("");
+        println!(
+            "{name}: pending outbound from {} node(s); own {} ; peer {}",
+            c["pendingOutboundNodes"].as_array().map_or(0, Vec::len),
+            c["own"],
+            c["peer"]
+        );
+        if let Some(m) = metrics.channels.get(name) {
+            print_counters(m, now);
         }
-        for c in out {
+        for l in c["lag"].as_array().into_iter().flatten() {
+            let node = l["node"].as_str().unwrap_or("");
+            let behind =
+                |pending: &str, ms: &str, who: &str| match (l[pending].as_bool(), l[ms].as_u64()) {
+                    (Some(true), Some(ms)) => Some(format!("{who} behind by {ms} ms")),
+                    (Some(true), None) => Some(format!("{who} has none of it yet")),
+                    _ => None,
+                };
+            let parts: Vec<String> = [
+                behind("outboundPending", "outboundMs", "the server"),
+                behind("inboundPending", "inboundMs", "this node"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !parts.is_empty() {
+                println!("  lag of {node}'s data: {}", parts.join("; "));
+            }
+        }
+    }
+    if !metrics.failing_items.is_empty() {
+        println!("failing items (most recent first; each round retries them):");
+        for f in &metrics.failing_items {
+            let item = f
+                .item
+                .as_ref()
+                .map_or_else(|| format!("version {}", f.at), ToString::to_string);
             println!(
-                "{}: pending outbound from {} node(s); own {} ; peer {}",
-                c["channel"].as_str().unwrap_or(""),
-                c["pendingOutboundNodes"].as_array().map_or(0, Vec::len),
-                c["own"],
-                c["peer"]
+                "  {} {} {item}: {}, {} attempt(s), first {}, last {}: {}",
+                f.channel,
+                f.direction,
+                f.kind,
+                f.attempts,
+                ago(f.first_failed_ms, now),
+                ago(f.last_failed_ms, now),
+                f.last_error
             );
         }
     }
     Ok(exit::OK)
+}
+
+/// A channel's counters, two lines (more when the peer halts nodes or a round failed).
+fn print_counters(m: &sync_engine::ChannelMetrics, now: u64) {
+    let last = m
+        .last_round_ms
+        .map_or_else(|| "never".to_string(), |t| ago(t, now));
+    println!(
+        "  rounds: {} ok ({} stalled), {} failed; last {last}; shipped {}, received {}, files landed {}",
+        m.rounds_ok, m.rounds_stalled, m.rounds_failed, m.shipped, m.applied, m.became_resident
+    );
+    println!(
+        "  item failures: {} ({} blob), skew refusals: {}, origin nodes halted by the server: {}",
+        m.item_failures, m.blob_failures, m.skew_refusals, m.peer_halts
+    );
+    if let Some(e) = &m.last_error {
+        let when = m
+            .last_error_ms
+            .map_or_else(String::new, |t| format!(" ({})", ago(t, now)));
+        println!("  last round failed{when}: {e}");
+    }
+    if let Some(k) = &m.last_skew_refusal {
+        println!(
+            "  last skew refusal: {} was {} ms ahead (limit {} ms): check that node's clock",
+            k.at, k.ahead_ms, k.max_drift_ms
+        );
+    }
+    for h in &m.halted_by_peer {
+        println!(
+            "  halted by the server: node {}{}{}",
+            h.node,
+            h.at.as_deref()
+                .map_or_else(String::new, |a| format!(" at {a}")),
+            h.reason
+                .as_deref()
+                .map_or_else(String::new, |r| format!(": {r}"))
+        );
+    }
+}
+
+/// `12 s ago` from milliseconds since the Unix epoch.
+fn ago(ms: u64, now: u64) -> String {
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
 }

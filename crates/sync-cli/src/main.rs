@@ -27,11 +27,13 @@ pub mod exit {
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
+    // Logs go to stderr at the level of --log (or RUST_LOG; default warn). A closed span
+    // is logged with its fields: one line per round (`round`) and per request (`request`)
+    // at info.
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(args.log_filter())
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sync_blobs::{BlobMover, ObjectBlobs};
 use sync_engine::{
     core::{AppRowStore, RoundConfig, SharedClock},
-    AppNamespace, Channel, Engine, Notifier,
+    AppNamespace, Channel, Engine, MetricsSnapshot, NodeMetrics, Notifier,
 };
 use sync_http::{Auth, HttpClient};
 use sync_sqlite::SqliteStore;
@@ -38,8 +38,13 @@ pub struct Node {
     pub blobs: ObjectBlobs,
     pub client: HttpClient,
     pub notifier: Notifier,
+    /// The node's counters, continued from `metrics.json` (see [`Node::save_metrics`]).
+    pub metrics: NodeMetrics,
     clock: std::sync::Mutex<Option<SharedClock>>,
 }
+
+/// Where a node keeps its counters between runs (`starkeep-sync status` shows them).
+const METRICS_FILE: &str = "metrics.json";
 
 /// Options for the engines of a command.
 #[derive(Debug, Clone, Default)]
@@ -101,8 +106,19 @@ impl Node {
             blobs,
             client,
             notifier: Notifier::new(),
+            metrics: load_metrics(home),
             clock: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Persists the counters for the next run (write, then rename: never half a file).
+    pub fn save_metrics(&self) -> Result<()> {
+        let path = self.home.join(METRICS_FILE);
+        let tmp = self.home.join(format!("{METRICS_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.metrics.snapshot())?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
     }
 
     /// Every channel this node syncs: Drive, then each app.
@@ -135,7 +151,8 @@ impl Node {
             .state(Arc::new(self.store.clone()))
             .blob_transfer(Arc::new(BlobMover::new(self.blobs.clone(), remote)))
             .transport(Arc::new(self.client.transport(channel)))
-            .notifier(self.notifier.clone());
+            .notifier(self.notifier.clone())
+            .metrics(self.metrics.clone());
         if let Some(n) = options.page_limit {
             builder = builder.page_limit(n);
         } else {
@@ -148,5 +165,21 @@ impl Node {
         let engine = builder.build().await?;
         *self.clock.lock().expect("clock slot") = Some(engine.clock());
         Ok(engine)
+    }
+}
+
+/// The counters of earlier runs; unreadable ones are set aside, not fatal (they are
+/// figures for the operator, not sync state).
+fn load_metrics(home: &Path) -> NodeMetrics {
+    let path = home.join(METRICS_FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return NodeMetrics::new();
+    };
+    match serde_json::from_slice::<MetricsSnapshot>(&bytes) {
+        Ok(snapshot) => NodeMetrics::from_snapshot(snapshot),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable metrics; counting from zero");
+            NodeMetrics::new()
+        }
     }
 }

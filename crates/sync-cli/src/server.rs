@@ -120,6 +120,27 @@ where
     B::Data: Send,
     B::Error: Into<sync_http::BoxError>,
 {
+    start_with_metrics(options, Vec::new(), wrap).await
+}
+
+/// [`start_with`], also accepting `metrics_tokens` on `GET /metrics` (decision 0032; a
+/// token of every channel reads it anyway).
+pub async fn start_with_metrics<S, B>(
+    options: ServerOptions,
+    metrics_tokens: Vec<String>,
+    wrap: impl FnOnce(SyncService) -> S,
+) -> Result<RunningServer>
+where
+    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<sync_http::BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<sync_http::BoxError>,
+{
     let (records, rows, state_dir, blobs): (Arc<dyn RecordStore>, Arc<dyn AppRowStore>, _, _) =
         match &options.storage {
             Storage::Embedded { data } => {
@@ -187,6 +208,9 @@ where
     for (token, scope) in &options.tokens {
         service = service.bearer_token(token.clone(), scope.clone());
     }
+    for token in metrics_tokens {
+        service = service.metrics_token(token);
+    }
     let service = service.build()?;
     let listener = TcpListener::bind(options.listen).await.with_context(|| {
         format!(
@@ -209,9 +233,20 @@ where
     })
 }
 
-/// Parses `--token SECRET[:SCOPES]`: scopes are comma-separated `drive` or `app:X`; none
-/// means every channel.
-pub fn parse_token(spec: &str) -> Result<(String, Scope)> {
+/// A parsed `--token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSpec {
+    /// The secret.
+    pub secret: String,
+    /// The channels it reaches.
+    pub scope: Scope,
+    /// Whether it was given the `metrics` scope (`GET /metrics`).
+    pub metrics: bool,
+}
+
+/// Parses `--token SECRET[:SCOPES]`: scopes are comma-separated `drive`, `app:X` or
+/// `metrics`; none means every channel (which includes reading `/metrics`).
+pub fn parse_token(spec: &str) -> Result<TokenSpec> {
     let (secret, scopes) = match spec.split_once(':') {
         Some((s, scopes)) => (s, Some(scopes)),
         None => (spec, None),
@@ -219,21 +254,32 @@ pub fn parse_token(spec: &str) -> Result<(String, Scope)> {
     if secret.len() < 16 {
         bail!("--token: a token must be at least 16 characters long");
     }
+    let mut metrics = false;
     let scope = match scopes {
         None | Some("") => Scope::All,
         Some(list) => {
             let mut channels = Vec::new();
             // `app:X` contains a colon itself: split on commas, then parse each.
             for part in list.split(',') {
+                if part == "metrics" {
+                    metrics = true;
+                    continue;
+                }
                 let channel = Channel::parse(part).with_context(|| {
-                    format!("--token: unknown scope {part:?} (use `drive` or `app:APP_ID`)")
+                    format!(
+                        "--token: unknown scope {part:?} (use `drive`, `app:APP_ID` or `metrics`)"
+                    )
                 })?;
                 channels.push(channel);
             }
             Scope::Channels(channels)
         }
     };
-    Ok((secret.to_string(), scope))
+    Ok(TokenSpec {
+        secret: secret.to_string(),
+        scope,
+        metrics,
+    })
 }
 
 /// A random secret (64 hex characters).
@@ -253,12 +299,22 @@ mod tests {
 
     #[test]
     fn token_scopes_parse() {
-        let (s, scope) = parse_token("0123456789abcdef0123").unwrap();
-        assert_eq!((s.as_str(), scope), ("0123456789abcdef0123", Scope::All));
-        let (_, scope) = parse_token("0123456789abcdef:drive,app:notes").unwrap();
+        let t = parse_token("0123456789abcdef0123").unwrap();
         assert_eq!(
-            scope,
+            (t.secret.as_str(), t.scope, t.metrics),
+            ("0123456789abcdef0123", Scope::All, false)
+        );
+        let t = parse_token("0123456789abcdef:drive,app:notes").unwrap();
+        assert_eq!(
+            t.scope,
             Scope::Channels(vec![Channel::Drive, Channel::App("notes".into())])
+        );
+        let t = parse_token("0123456789abcdef:metrics").unwrap();
+        assert_eq!((t.scope, t.metrics), (Scope::Channels(vec![]), true));
+        let t = parse_token("0123456789abcdef:drive,metrics").unwrap();
+        assert_eq!(
+            (t.scope, t.metrics),
+            (Scope::Channels(vec![Channel::Drive]), true)
         );
         assert!(parse_token("short").is_err());
         assert!(parse_token("0123456789abcdef:photos").is_err());
