@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -23,7 +23,7 @@ use sync_protocol::{Codec, ExchangeRequest, ExchangeResponse};
 
 use crate::{
     auth::{system_clock, Signer, WallClock, APP_ID_HEADER, APP_SIG_HEADER, APP_TS_HEADER},
-    Auth, BoxError, Error, HttpObjectStore,
+    encoding, Auth, BoxError, Error, HttpObjectStore,
 };
 
 /// The request body type of the client.
@@ -44,9 +44,18 @@ pub struct HttpClientBuilder {
     pool_idle_timeout: Duration,
     max_response_bytes: usize,
     clock: WallClock,
+    compression: bool,
 }
 
 impl HttpClientBuilder {
+    /// Whether exchange bodies are compressed (zstd) where the peer takes it (default on):
+    /// responses when the server can, requests once the server said it accepts them. A
+    /// peer without it (the TypeScript reference) gets plain bodies.
+    pub fn compression(mut self, on: bool) -> Self {
+        self.compression = on;
+        self
+    }
+
     /// The credentials sent with every request (default: none).
     pub fn auth(mut self, auth: Auth) -> Self {
         self.auth = auth;
@@ -138,6 +147,8 @@ impl HttpClientBuilder {
                 max_response_bytes: self.max_response_bytes,
                 clock: self.clock,
                 last_ts: AtomicU64::new(0),
+                compression: self.compression,
+                peer_takes_zstd: AtomicBool::new(false),
             }),
         })
     }
@@ -165,6 +176,11 @@ struct ClientInner {
     /// The last signature timestamp: each is strictly greater, so two identical requests
     /// in the same millisecond do not look like a replay to the server.
     last_ts: AtomicU64,
+    /// Compress exchange bodies where the peer takes it.
+    compression: bool,
+    /// The peer announced (`Accept-Encoding: zstd` on an exchange response) that it takes
+    /// compressed request bodies.
+    peer_takes_zstd: AtomicBool,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -190,6 +206,7 @@ impl HttpClient {
             pool_idle_timeout: Duration::from_secs(90),
             max_response_bytes: 256 << 20,
             clock: system_clock(),
+            compression: true,
         }
     }
 
@@ -441,15 +458,34 @@ impl HttpTransport {
             path: path.clone(),
             message,
         };
-        let body = Bytes::from(
-            self.codec
-                .encode(request)
-                .map_err(|e| Error::Config(e.to_string()))?,
-        );
+        let encoded = self
+            .codec
+            .encode(request)
+            .map_err(|e| Error::Config(e.to_string()))?;
         let mut headers = HeaderMap::new();
         let content_type = HeaderValue::from_static(self.codec.content_type());
         headers.insert(header::CONTENT_TYPE, content_type.clone());
         headers.insert(header::ACCEPT, content_type);
+        let inner = &self.client.inner;
+        let body = if inner.compression {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static(encoding::ZSTD),
+            );
+            if inner.peer_takes_zstd.load(Ordering::Relaxed)
+                && encoded.len() >= encoding::MIN_COMPRESSED
+            {
+                headers.insert(
+                    header::CONTENT_ENCODING,
+                    HeaderValue::from_static(encoding::ZSTD),
+                );
+                Bytes::from(encoding::compress(&encoded))
+            } else {
+                Bytes::from(encoded)
+            }
+        } else {
+            Bytes::from(encoded)
+        };
         self.client
             .authorize(&mut headers, &method, &path, std::slice::from_ref(&body));
         let deadline = Instant::now() + self.client.request_timeout();
@@ -479,6 +515,19 @@ impl HttpTransport {
                 self.codec.content_type()
             )));
         }
+        if inner.compression {
+            inner.peer_takes_zstd.store(
+                encoding::lists_zstd(response.headers(), &header::ACCEPT_ENCODING),
+                Ordering::Relaxed,
+            );
+        }
+        let compressed = match encoding::content_coding(response.headers()) {
+            Ok(compressed) if !compressed || inner.compression => compressed,
+            Ok(_) => return Err(malformed("a zstd body that was not asked for".into())),
+            Err(other) => {
+                return Err(malformed(format!("unsupported content encoding {other:?}")))
+            }
+        };
         let limit = self.client.inner.max_response_bytes;
         let collected = tokio::time::timeout_at(
             deadline.into(),
@@ -499,6 +548,19 @@ impl HttpTransport {
                     source: Some(e),
                 })
             }
+        };
+        let bytes = if compressed {
+            match encoding::decompress(&bytes, limit) {
+                Ok(inflated) => Bytes::from(inflated),
+                Err(encoding::Inflate::TooLarge) => {
+                    return Err(malformed(format!("body inflates past {limit} bytes")))
+                }
+                Err(encoding::Inflate::Invalid(e)) => {
+                    return Err(malformed(format!("invalid zstd body: {e}")))
+                }
+            }
+        } else {
+            bytes
         };
         require_map(self.codec, &bytes).map_err(malformed)?;
         self.codec

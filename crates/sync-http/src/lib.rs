@@ -2,6 +2,7 @@
 
 mod auth;
 mod client;
+mod encoding;
 mod error;
 mod keys;
 mod metrics;

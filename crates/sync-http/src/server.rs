@@ -36,6 +36,7 @@ use tracing::Instrument;
 use crate::{
     auth::{system_clock, Admission, AuthFailure, Authenticator, WallClock, APP_SIG_HEADER},
     client::require_map,
+    encoding,
     keys::{decode_key, in_namespace},
     metrics::{MeteredProvider, ServerMetrics},
     BoxError, Error, Scope,
@@ -91,6 +92,11 @@ pub struct ServerConfig {
     /// Whether uploads are stored with their `Content-Type` (default true). Turn it off for
     /// stores that keep no attributes, such as the local filesystem.
     pub store_content_type: bool,
+    /// Whether exchange bodies may be compressed (zstd; default true): responses to clients
+    /// that send `Accept-Encoding: zstd`, and requests, announced with `Accept-Encoding:
+    /// zstd` on every exchange response. A compressed request is capped at
+    /// `exchange_body_limit` once inflated.
+    pub compression: bool,
 }
 
 impl Default for ServerConfig {
@@ -103,11 +109,19 @@ impl Default for ServerConfig {
             signature_window: Duration::from_secs(300),
             replay_cache_capacity: 100_000,
             store_content_type: true,
+            compression: true,
         }
     }
 }
 
 impl ServerConfig {
+    /// Sets whether exchange bodies may be compressed.
+    #[must_use]
+    pub fn with_compression(mut self, on: bool) -> Self {
+        self.compression = on;
+        self
+    }
+
     /// Sets whether uploads keep their `Content-Type`.
     #[must_use]
     pub fn with_store_content_type(mut self, store: bool) -> Self {
@@ -784,11 +798,44 @@ impl Inner {
             }
         };
         if let Admission::Signed(mut pending) = admission {
+            // The signature covers the body as sent (compressed or not).
             pending.update(&bytes);
             if let Err(f) = self.auth.verify(pending, None) {
                 return auth_failure(f);
             }
         }
+        let bytes = match encoding::content_coding(headers) {
+            Ok(false) => bytes,
+            Ok(true) if self.config.compression => {
+                match encoding::decompress(&bytes, limit) {
+                    Ok(inflated) => Bytes::from(inflated),
+                    Err(encoding::Inflate::TooLarge) => return too_large(),
+                    Err(encoding::Inflate::Invalid(e)) => {
+                        return error_response(
+                            StatusCode::BAD_REQUEST,
+                            format!("invalid zstd request body: {e}"),
+                        )
+                    }
+                }
+            }
+            Ok(true) | Err(_) => {
+                return error_response(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!(
+                        "unsupported content encoding {:?}: send the body uncompressed{}",
+                        headers
+                            .get(header::CONTENT_ENCODING)
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                            .unwrap_or_default(),
+                        if self.config.compression {
+                            " or as zstd"
+                        } else {
+                            ""
+                        }
+                    ),
+                )
+            }
+        };
         // The decode error names the format (JSON or MessagePack) and the offending field.
         if let Err(m) = require_map(codec, &bytes) {
             return error_response(StatusCode::BAD_REQUEST, m);
@@ -803,14 +850,37 @@ impl Inner {
                 return error_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down")
             }
         };
+        let compress = self.config.compression
+            && encoding::lists_zstd(headers, &header::ACCEPT_ENCODING);
         match responder.exchange(request).await {
             Ok(response) => match codec.encode(&response) {
                 Ok(encoded) => {
-                    let mut r = Response::new(full_body(encoded));
-                    r.headers_mut().insert(
+                    let packed = compress && encoded.len() >= encoding::MIN_COMPRESSED;
+                    let body = if packed {
+                        encoding::compress(&encoded)
+                    } else {
+                        encoded
+                    };
+                    let mut r = Response::new(full_body(body));
+                    let h = r.headers_mut();
+                    h.insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static(codec.content_type()),
                     );
+                    if self.config.compression {
+                        // RFC 7694: this server takes zstd request bodies.
+                        h.insert(
+                            header::ACCEPT_ENCODING,
+                            HeaderValue::from_static(encoding::ZSTD),
+                        );
+                        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+                    }
+                    if packed {
+                        h.insert(
+                            header::CONTENT_ENCODING,
+                            HeaderValue::from_static(encoding::ZSTD),
+                        );
+                    }
                     r
                 }
                 Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

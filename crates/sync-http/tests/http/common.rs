@@ -278,6 +278,22 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(service: SyncService) -> Self {
+        Self::start_service(service).await
+    }
+
+    /// Serves any service (a `SyncService` wrapped in more layers).
+    pub async fn start_service<S, B>(service: S) -> Self
+    where
+        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<sync_http::BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<sync_http::BoxError>,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();

@@ -3,6 +3,7 @@
 
 mod blobs;
 mod common;
+mod compression;
 mod fuzz;
 mod metrics;
 mod rounds;
