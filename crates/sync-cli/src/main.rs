@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod crash;
 mod demo;
 mod files;
 mod node;
@@ -36,6 +37,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = crash::init() {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(exit::USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

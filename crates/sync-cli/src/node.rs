@@ -96,7 +96,7 @@ impl Node {
             )
         })?;
         let store = SqliteStore::open(home.join("node.db")).await?;
-        let blobs = ObjectBlobs::filesystem(home.join("blobs"))?;
+        let blobs = crate::crash::node_local(ObjectBlobs::filesystem(home.join("blobs"))?);
         let client = HttpClient::new(config.server.clone(), Auth::bearer(config.token.clone()))
             .with_context(|| format!("the configured server URL {:?}", config.server))?;
         Ok(Node {
@@ -144,13 +144,20 @@ impl Node {
 
     /// The engine of one channel (engines of one node share its clock).
     pub async fn engine(&self, channel: Channel, options: &EngineOptions) -> Result<Engine> {
-        let remote = ObjectBlobs::new(Arc::new(self.client.object_store(channel.clone())));
+        // Crash points (decision 0031) wrap these ports only while one is armed.
+        let remote = ObjectBlobs::new(crate::crash::node_remote(Arc::new(
+            self.client.object_store(channel.clone()),
+        )));
+        let (records, rows) =
+            crate::crash::node_stores(Arc::new(self.store.clone()), Arc::new(self.store.clone()));
         let mut builder = Engine::builder(&self.config.node_id, channel.clone())?
-            .records(Arc::new(self.store.clone()))
-            .app_rows(Arc::new(self.store.clone()))
-            .state(Arc::new(self.store.clone()))
+            .records(records)
+            .app_rows(rows)
+            .state(crate::crash::node_state(Arc::new(self.store.clone())))
             .blob_transfer(Arc::new(BlobMover::new(self.blobs.clone(), remote)))
-            .transport(Arc::new(self.client.transport(channel)))
+            .transport(crate::crash::node_transport(Arc::new(
+                self.client.transport(channel),
+            )))
             .notifier(self.notifier.clone())
             .metrics(self.metrics.clone());
         if let Some(n) = options.page_limit {

@@ -171,6 +171,9 @@ where
                 (Arc::new(store.clone()), Arc::new(store), None, blobs)
             }
         };
+    // Crash points (decision 0031) wrap these ports only while one is armed.
+    let (records, rows) = crate::crash::server_stores(records, rows);
+    let blobs = crate::crash::server_blobs(blobs);
     for ns in &options.apps {
         rows.register(ns.clone())
             .await
@@ -195,7 +198,7 @@ where
             time: Arc::new(SystemClock),
             config: config.clone(),
         });
-        responders.insert(channel, Arc::new(responder));
+        responders.insert(channel, crate::crash::server_responder(Arc::new(responder)));
     }
     if options.tokens.is_empty() {
         bail!("no access token configured; pass --token SECRET[:SCOPES]");
