@@ -8,10 +8,13 @@
 //!   [`backend`] `STARKEEP_TEST_BACKEND` names (memory, SQLite or PostgreSQL) behind the
 //!   fault-injecting wrappers of [`faulty`].
 //! - [`sim`]: the seeded deterministic simulator that checks the invariants.
+//! - [`proxy`]: a fault-injecting TCP proxy on 127.0.0.1 (delays, drops, truncates, resets
+//!   and stalls connections by a seeded schedule) for end-to-end tests over real HTTP.
 
 pub mod backend;
 pub mod conformance;
 pub mod faulty;
 pub mod harness;
 pub mod memory;
+pub mod proxy;
 pub mod sim;
