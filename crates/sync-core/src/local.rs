@@ -1,7 +1,7 @@
 //! One side's data on one channel: the streams it carries, their coverage, the page cut
 //! over them, and last-write-wins apply. Shared by the requester and the responder.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use sync_hlc::{Hlc, NodeId, Watermarks};
 use sync_protocol::{AppRow, SharedRecord};
@@ -228,7 +228,63 @@ impl ChannelData {
             };
             selector.feed(req.cursor, items);
         }
-        Ok(selector.finish())
+        let mut selection = selector.finish();
+        if !selection.items.is_empty() {
+            self.settle(coverage, &mut selection).await?;
+        }
+        Ok(selection)
+    }
+
+    /// Guards the page against writes that committed while it was being cut.
+    ///
+    /// The streams are read one after the other, not in one snapshot. If another transaction
+    /// commits versions of an origin node into two streams in between (another request's
+    /// apply on a responder, or a local write into a second table), the page could hold the
+    /// later version from one stream without the earlier one from the other, and the
+    /// receiver's coverage would jump over it for good (the contiguous-prefix invariant).
+    /// New versions of an origin node arrive above what a stream held (a sender ships each
+    /// node's versions in order, and a node's own writes commit in timestamp order), so
+    /// coverage is read again: for every origin node whose coverage moved in some stream,
+    /// the page keeps only its versions up to what that stream held before (a prefix of the
+    /// node's versions in the page, so still its lowest unseen ones), and the rest waits for
+    /// the next round.
+    async fn settle(
+        &self,
+        before: &[(Stream, Watermarks)],
+        selection: &mut Selection,
+    ) -> Result<(), StoreError> {
+        let streams: Vec<Stream> = before.iter().map(|(s, _)| s.clone()).collect();
+        let after = self.stream_coverage(&streams).await?;
+        // Per origin node: the highest version the page may keep, or `None` for nothing.
+        let mut caps: BTreeMap<&NodeId, Option<&Hlc>> = BTreeMap::new();
+        for ((_, was), (_, now)) in before.iter().zip(&after) {
+            for (origin, version) in now.iter() {
+                let held = was.get(origin.as_str());
+                if held == Some(version) {
+                    continue;
+                }
+                let cap = caps.entry(version.node_id()).or_insert(held);
+                *cap = (*cap).min(held);
+            }
+        }
+        if caps.is_empty() {
+            return Ok(());
+        }
+        let before_len = selection.items.len();
+        selection
+            .items
+            .retain(|item| match caps.get(item.origin()) {
+                None => true,
+                Some(cap) => cap.is_some_and(|c| item.hlc() <= c),
+            });
+        if selection.items.len() < before_len {
+            tracing::debug!(
+                dropped = before_len - selection.items.len(),
+                "page trimmed: versions committed while it was cut"
+            );
+            selection.has_more = true;
+        }
+        Ok(())
     }
 
     /// The identity of an item on this channel; refuses rows of unknown tables or without

@@ -296,6 +296,7 @@ impl EngineBuilder {
                 time: self.time,
                 notifier: self.notifier.unwrap_or_default(),
                 metrics: self.metrics.unwrap_or_default(),
+                writes: tokio::sync::Mutex::new(()),
                 rounds: AtomicU64::new(0),
                 retry: self.retry,
                 max_rounds: self.max_rounds,
@@ -316,6 +317,10 @@ struct Inner {
     time: Arc<dyn TimeSource>,
     notifier: Notifier,
     metrics: NodeMetrics,
+    /// Held by a local write from its timestamp to its commit, so this node's writes commit
+    /// in timestamp order: a page cut while they commit can then never hold a later one
+    /// without an earlier one (see `ChannelData::select`).
+    writes: tokio::sync::Mutex<()>,
     /// Rounds this engine started, to number them in traces.
     rounds: AtomicU64,
     retry: RetryPolicy,
@@ -650,6 +655,7 @@ impl Engine {
 
     /// Writes a shared record (insert or update) with a new timestamp (Drive channel).
     pub async fn put_record(&self, draft: RecordDraft) -> Result<SharedRecord, Error> {
+        let _in_order = self.inner.writes.lock().await;
         let store = self.records("a shared record")?;
         if draft.id.is_empty() {
             return Err(Error::Invalid("a record id must not be empty".into()));
@@ -688,6 +694,7 @@ impl Engine {
 
     /// Soft-deletes a shared record (a tombstone that travels like an update).
     pub async fn delete_record(&self, id: &str) -> Result<SharedRecord, Error> {
+        let _in_order = self.inner.writes.lock().await;
         let store = self.records("a shared record")?;
         let mut record = store
             .get(id)
@@ -710,6 +717,7 @@ impl Engine {
 
     /// Writes an app row (insert or update) with a new timestamp (app channel).
     pub async fn put_row(&self, table: &str, row: RowValues) -> Result<AppRow, Error> {
+        let _in_order = self.inner.writes.lock().await;
         let (app, store) = self.rows("an app row")?;
         let (spec_key, existing) = self.row_identity(app, store, table, &row).await?;
         let r = AppRow {
@@ -739,6 +747,7 @@ impl Engine {
 
     /// Soft-deletes an app row named by its primary-key values.
     pub async fn delete_row(&self, table: &str, key: RowValues) -> Result<AppRow, Error> {
+        let _in_order = self.inner.writes.lock().await;
         let (app, store) = self.rows("an app row")?;
         let (canonical, existing) = self.row_identity(app, store, table, &key).await?;
         let existing =

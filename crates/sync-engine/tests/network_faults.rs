@@ -11,9 +11,11 @@
 //! the connection number; which request a connection carries depends on timing, so a replay
 //! injects the same faults but may not hit the very same requests.
 //!
-//! The `#[ignore]`d tests at the end pin down what these tests found and is not fixed yet
-//! (hangs on a stalled blob body, data loss when a page is cut while another request's
-//! items commit, a phantom pending status); docs/testing.md lists them.
+//! The tests at the end pin down what these tests found: hangs on a stalled blob body (fixed
+//! by idle and part deadlines in `HttpObjectStore`), data loss when a page is cut while
+//! another transaction's items commit (fixed by `ChannelData::select` settling the page and
+//! by local writes committing in timestamp order), and a phantom pending status (still
+//! `#[ignore]`d); docs/testing.md lists them.
 
 mod loopback;
 
@@ -483,13 +485,11 @@ async fn a_stall_inside_a_blob_body_times_out(flow: Flow, size: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hangs until HttpObjectStore bounds blob bodies (docs/testing.md, Network faults)"]
 async fn a_stall_inside_a_blob_download_times_out() {
     a_stall_inside_a_blob_body_times_out(Flow::ToClient, 1 << 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hangs until HttpObjectStore bounds multipart uploads (docs/testing.md, Network faults)"]
 async fn a_stall_inside_a_multipart_upload_times_out() {
     // Three 8 MiB parts: more than the socket buffers on the way can absorb.
     a_stall_inside_a_blob_body_times_out(Flow::ToServer, 20 << 20).await;
@@ -622,7 +622,6 @@ async fn concurrent_rounds_on_one_stream_keep_watermarks_honest() {
 /// and the requester's watermark jumps over the missing ones for good (data loss for that
 /// requester). Fails within a few bursts today.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "data loss: the responder's page is not cut from one consistent view of the channel's streams (docs/testing.md, Network faults)"]
 async fn concurrent_rounds_on_two_tables_keep_watermarks_honest() {
     concurrent_rounds_keep_watermarks_honest(app_channel()).await;
 }
@@ -632,7 +631,6 @@ async fn concurrent_rounds_on_two_tables_keep_watermarks_honest() {
 /// may carry a later write from one table without an earlier one from the other, and the
 /// server's coverage report then jumps over the earlier one: the node never ships it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "data loss: the requester's outbound page is not cut from one consistent view of the channel's streams (docs/testing.md, Network faults)"]
 async fn writes_during_rounds_all_reach_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("server"), system_time()).await;

@@ -305,7 +305,7 @@ impl ObjectStore for HttpObjectStore {
         let (done, response) = oneshot::channel();
         let client = self.client.clone();
         let request_path = path.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let result = client
                 .send(method, &request_path, headers, body.boxed_unsync(), None)
                 .await;
@@ -317,6 +317,7 @@ impl ObjectStore for HttpObjectStore {
             path,
             parts: Some(parts),
             response: Some(response),
+            task: task.abort_handle(),
         }))
     }
 
@@ -399,7 +400,7 @@ impl ObjectStore for HttpObjectStore {
         let payload = if options.head {
             stream::empty().boxed()
         } else {
-            body_stream(response.into_body())
+            body_stream(response.into_body(), self.client.request_timeout())
         };
         Ok(GetResult {
             payload: GetResultPayload::Stream(payload),
@@ -444,12 +445,24 @@ impl ObjectStore for HttpObjectStore {
     }
 }
 
-/// The data frames of a response body as a stream of chunks.
-fn body_stream(body: Incoming) -> BoxStream<'static, object_store::Result<Bytes>> {
-    stream::unfold(Some(body), |body| async move {
+/// The data frames of a response body as a stream of chunks. A body that sends nothing
+/// for `idle` fails with a timeout (an `io::ErrorKind::TimedOut` source, so it is transient)
+/// instead of holding the transfer forever.
+fn body_stream(body: Incoming, idle: Duration) -> BoxStream<'static, object_store::Result<Bytes>> {
+    stream::unfold(Some(body), move |body| async move {
         let mut body = body?;
         loop {
-            match body.frame().await {
+            let frame = match tokio::time::timeout(idle, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the blob body sent nothing for {} ms", idle.as_millis()),
+                    );
+                    return Some((Err(generic(e)), None));
+                }
+            };
+            match frame {
                 None => return None,
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
@@ -547,6 +560,14 @@ struct HttpMultipartUpload {
     path: String,
     parts: Option<mpsc::UnboundedSender<UploadMsg>>,
     response: Option<oneshot::Receiver<Result<Response<Incoming>, Error>>>,
+    /// The request: aborted with the upload, so a stalled connection does not keep it.
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for HttpMultipartUpload {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl fmt::Debug for HttpMultipartUpload {
@@ -579,23 +600,34 @@ impl HttpMultipartUpload {
 #[async_trait]
 impl MultipartUpload for HttpMultipartUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let len = data.content_length();
         let (ack, acked) = oneshot::channel();
         let sent = self
             .parts
             .as_ref()
             .is_some_and(|tx| tx.unbounded_send(UploadMsg::Part(data, ack)).is_ok());
         let location = self.location.to_string();
+        // As for a single put: the request timeout plus the part at a modest 1 MiB/s.
+        let allowed = self.store.client.request_timeout() + Duration::from_secs((len >> 20) as u64);
         async move {
             if !sent {
                 return Err(generic(format!(
                     "upload of {location} is already completed, aborted or failed"
                 )));
             }
-            acked.await.map_err(|_| {
-                generic(format!(
+            match tokio::time::timeout(allowed, acked).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(generic(format!(
                     "upload of {location} failed before this part was sent; complete() reports why"
-                ))
-            })
+                ))),
+                Err(_) => Err(generic(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "upload of {location}: a part was not taken within {} ms",
+                        allowed.as_millis()
+                    ),
+                ))),
+            }
         }
         .boxed()
     }
@@ -620,6 +652,7 @@ impl MultipartUpload for HttpMultipartUpload {
         // Closing the channel without `Finish` fails the body; the server discards it.
         self.parts.take();
         let _ = self.response().await;
+        self.task.abort();
         Ok(())
     }
 }
