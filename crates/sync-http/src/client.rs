@@ -524,9 +524,7 @@ impl HttpTransport {
         let compressed = match encoding::content_coding(response.headers()) {
             Ok(compressed) if !compressed || inner.compression => compressed,
             Ok(_) => return Err(malformed("a zstd body that was not asked for".into())),
-            Err(other) => {
-                return Err(malformed(format!("unsupported content encoding {other:?}")))
-            }
+            Err(other) => return Err(malformed(format!("unsupported content encoding {other:?}"))),
         };
         let limit = self.client.inner.max_response_bytes;
         let collected = tokio::time::timeout_at(

@@ -101,7 +101,9 @@ mod tests {
 
     #[test]
     fn round_trips_and_bounds_the_inflated_size() {
-        let body: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 97).to_le_bytes()).collect();
+        let body: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 97).to_le_bytes())
+            .collect();
         let packed = compress(&body);
         assert!(packed.len() < body.len() / 4, "{}", packed.len());
         assert_eq!(decompress(&packed, body.len()).unwrap(), body);
@@ -116,7 +118,10 @@ mod tests {
         // A bomb: a gigabyte of zeros in a few kilobytes stops at the cap.
         let zeros = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
         assert!(zeros.len() < 64 << 10);
-        assert!(matches!(decompress(&zeros, 1 << 20), Err(Inflate::TooLarge)));
+        assert!(matches!(
+            decompress(&zeros, 1 << 20),
+            Err(Inflate::TooLarge)
+        ));
     }
 
     #[test]

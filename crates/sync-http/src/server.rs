@@ -806,18 +806,16 @@ impl Inner {
         }
         let bytes = match encoding::content_coding(headers) {
             Ok(false) => bytes,
-            Ok(true) if self.config.compression => {
-                match encoding::decompress(&bytes, limit) {
-                    Ok(inflated) => Bytes::from(inflated),
-                    Err(encoding::Inflate::TooLarge) => return too_large(),
-                    Err(encoding::Inflate::Invalid(e)) => {
-                        return error_response(
-                            StatusCode::BAD_REQUEST,
-                            format!("invalid zstd request body: {e}"),
-                        )
-                    }
+            Ok(true) if self.config.compression => match encoding::decompress(&bytes, limit) {
+                Ok(inflated) => Bytes::from(inflated),
+                Err(encoding::Inflate::TooLarge) => return too_large(),
+                Err(encoding::Inflate::Invalid(e)) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid zstd request body: {e}"),
+                    )
                 }
-            }
+            },
             Ok(true) | Err(_) => {
                 return error_response(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -850,8 +848,8 @@ impl Inner {
                 return error_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down")
             }
         };
-        let compress = self.config.compression
-            && encoding::lists_zstd(headers, &header::ACCEPT_ENCODING);
+        let compress =
+            self.config.compression && encoding::lists_zstd(headers, &header::ACCEPT_ENCODING);
         match responder.exchange(request).await {
             Ok(response) => match codec.encode(&response) {
                 Ok(encoded) => {

@@ -68,7 +68,10 @@ async fn a_response_is_compressed_only_for_a_client_that_asks() {
     )
     .await;
     assert_eq!(packed.status, StatusCode::OK);
-    assert_eq!(packed.headers.get(header::CONTENT_ENCODING).unwrap(), "zstd");
+    assert_eq!(
+        packed.headers.get(header::CONTENT_ENCODING).unwrap(),
+        "zstd"
+    );
     assert!(
         packed.body.len() * 3 < plain.body.len(),
         "{} vs {} bytes",
@@ -225,7 +228,9 @@ async fn recording_server(cloud: &Cloud, config: ServerConfig) -> (TestServer, S
             let exchange = req.uri().path().ends_with(EXCHANGE);
             let response = tower::Service::call(&mut service, req).await?;
             if exchange {
-                log.lock().unwrap().push((asked, coding(response.headers())));
+                log.lock()
+                    .unwrap()
+                    .push((asked, coding(response.headers())));
             }
             Ok::<_, std::convert::Infallible>(response)
         }
