@@ -37,7 +37,15 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Whether this was a dry run (nothing was deleted).
     pub dry_run: bool,
+    /// Staging files of interrupted uploads removed (dry run: that would be removed), as
+    /// paths relative to a filesystem store's root. Only files older than
+    /// [`STAGING_GRACE`] count: a younger one may belong to an upload still running.
+    pub staging_removed: Vec<String>,
 }
+
+/// How old a filesystem store's staging file (`<key>#<n>`, an upload in progress) must be
+/// before garbage collection takes it for the leftover of an interrupted upload.
+pub const STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Removes the blobs under `prefix` that no row references.
 ///
@@ -87,5 +95,132 @@ pub async fn collect_garbage(
         report.bytes_freed += meta.size;
         report.removed.push(key.to_string());
     }
+    if let Some(root) = store.root() {
+        let dir = root.join(scope.as_ref());
+        let found = tokio::task::spawn_blocking(move || stale_staging_files(&dir, STAGING_GRACE))
+            .await
+            .map_err(|e| BlobError::Fatal {
+                key: prefix.to_string(),
+                message: format!("staging sweep failed: {e}"),
+                source: None,
+            })?;
+        for (path, size) in found {
+            if !dry_run {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(BlobError::Transient {
+                            key: path.display().to_string(),
+                            message: format!("cannot remove a staging file: {e}"),
+                            source: Some(Box::new(e)),
+                        })
+                    }
+                }
+                tracing::info!(path = %path.display(), "stale upload staging file deleted");
+            }
+            report.bytes_freed += size;
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            report
+                .staging_removed
+                .push(relative.to_string_lossy().into_owned());
+        }
+    }
     Ok(report)
+}
+
+/// Files under `dir` named like object_store's upload staging files (`<name>#<digits>`),
+/// not modified for `grace`: what a crash in the middle of an upload leaves behind (the
+/// listing of object_store skips them, so nothing else ever removes them).
+fn stale_staging_files(
+    dir: &std::path::Path,
+    grace: std::time::Duration,
+) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let path = entry.path();
+            if meta.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let staging = name.rsplit_once('#').is_some_and(|(stem, digits)| {
+                !stem.is_empty() && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+            });
+            let stale = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= grace);
+            if staging && stale {
+                out.push((path, meta.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_staging_files_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("shared/x/ab");
+        std::fs::create_dir_all(&sub).unwrap();
+        for name in ["blob#1", "blob", "blob#", "#12", "blob#1a", "other#42"] {
+            std::fs::write(sub.join(name), b"partial").unwrap();
+        }
+        let names = |grace| -> Vec<String> {
+            stale_staging_files(dir.path(), grace)
+                .into_iter()
+                .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(names(std::time::Duration::ZERO), ["blob#1", "other#42"]);
+        // Young files may be uploads still running: kept.
+        assert!(names(STAGING_GRACE).is_empty());
+    }
+
+    #[tokio::test]
+    async fn collection_sweeps_stale_staging_files_of_its_namespace_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = ObjectBlobs::filesystem(dir.path()).unwrap();
+        let old = std::time::SystemTime::now() - 2 * STAGING_GRACE;
+        for rel in ["shared/x/ab/blob#3", "apps/notes/syncable/n#1"] {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"half an upload").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let dry = collect_garbage(&blobs, "shared/", |_| true, true)
+            .await
+            .unwrap();
+        assert_eq!(dry.staging_removed, ["shared/x/ab/blob#3"]);
+        assert!(dir.path().join("shared/x/ab/blob#3").exists(), "dry run");
+        let done = collect_garbage(&blobs, "shared/", |_| true, false)
+            .await
+            .unwrap();
+        assert_eq!(done.staging_removed, ["shared/x/ab/blob#3"]);
+        assert_eq!(done.bytes_freed, 14);
+        assert!(!dir.path().join("shared/x/ab/blob#3").exists());
+        assert!(
+            dir.path().join("apps/notes/syncable/n#1").exists(),
+            "other namespace"
+        );
+    }
 }

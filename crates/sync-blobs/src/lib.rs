@@ -10,7 +10,7 @@ pub mod testing;
 mod transfer;
 
 pub use error::Error;
-pub use gc::{collect_garbage, residency, GcReport};
+pub use gc::{collect_garbage, residency, GcReport, STAGING_GRACE};
 pub use key::{key_in_namespace, validate_key, MAX_KEY_BYTES};
 pub use mover::{BlobMover, DEFAULT_MAX_TRANSFERS};
 pub use store::{ObjectBlobs, S3Config, INLINE_LIMIT};

@@ -23,6 +23,9 @@ use crate::{
 pub struct ObjectBlobs {
     store: Arc<dyn ObjectStore>,
     content_type: bool,
+    /// The directory of a filesystem store, for what object_store cannot list (the staging
+    /// files of uploads a crash interrupted).
+    root: Option<Arc<std::path::PathBuf>>,
 }
 
 impl ObjectBlobs {
@@ -35,7 +38,13 @@ impl ObjectBlobs {
         Self {
             store,
             content_type: true,
+            root: None,
         }
+    }
+
+    /// The directory of a filesystem store.
+    pub(crate) fn root(&self) -> Option<&std::path::Path> {
+        self.root.as_deref().map(|p| p.as_path())
     }
 
     /// Blobs as files under `root` (created if missing): the embedded default.
@@ -58,7 +67,9 @@ impl ObjectBlobs {
             // Deleting the last blob of a directory removes the directory too.
             .with_automatic_cleanup(true);
         // The local filesystem keeps no attributes (it refuses a put that carries some).
-        Ok(Self::new(Arc::new(fs)).without_content_type())
+        let mut blobs = Self::new(Arc::new(fs)).without_content_type();
+        blobs.root = Some(Arc::new(root.to_path_buf()));
+        Ok(blobs)
     }
 
     /// Blobs in memory (tests, throwaway nodes).
