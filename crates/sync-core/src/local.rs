@@ -154,6 +154,62 @@ impl ChannelData {
         Ok(union(&per_stream))
     }
 
+    /// The origin nodes with at least one stored version the peer has not seen (above
+    /// `seen[origin]`) that a round would ship: for another node than `me`, only within
+    /// this side's contiguous prefix of it (`own`), as [`select`](Self::select) relays.
+    /// One index probe per stream and origin node; unlike comparing coverage, a version
+    /// that was replaced here (it lost last-write-wins) is not pending work.
+    pub async fn pending_origins(
+        &self,
+        seen: &Watermarks,
+        me: &NodeId,
+        own: &Watermarks,
+    ) -> Result<Vec<NodeId>, Error> {
+        let scope = self.scope().await?;
+        let per_stream = self
+            .stream_coverage(&scope.streams)
+            .await
+            .map_err(Error::State)?;
+        let mut pending = std::collections::BTreeSet::new();
+        for (stream, cov) in &per_stream {
+            for (origin, above) in seen.unseen(cov) {
+                if pending.contains(origin) {
+                    continue;
+                }
+                let bound = (origin != me).then(|| own.get(origin.as_str()));
+                let first: Option<Hlc> = match stream {
+                    Stream::Records => self
+                        .records()
+                        .map_err(Error::State)?
+                        .scan(origin, above, 1)
+                        .await
+                        .map_err(Error::State)?
+                        .into_iter()
+                        .map(|r| r.updated_at)
+                        .next(),
+                    Stream::Table { app, table } => self
+                        .rows()
+                        .map_err(Error::State)?
+                        .scan(app, table, origin, above, 1)
+                        .await
+                        .map_err(Error::State)?
+                        .into_iter()
+                        .map(|r| r.timestamp)
+                        .next(),
+                };
+                let shippable = match (first, bound) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(v), Some(bound)) => bound.is_some_and(|b| &v <= b),
+                };
+                if shippable {
+                    pending.insert(origin.clone());
+                }
+            }
+        }
+        Ok(pending.into_iter().collect())
+    }
+
     /// The highest version of `origin` below `below` over every stream.
     pub(crate) async fn coverage_below(
         &self,

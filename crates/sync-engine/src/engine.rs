@@ -820,7 +820,13 @@ impl Engine {
             .await
             .map_err(sync_core::Error::State)?;
         let local = self.inner.data.coverage().await?;
-        let pending_outbound_nodes = state.peer.unseen(&local).map(|(n, _)| n.clone()).collect();
+        // Probed, not compared: a version that lost last-write-wins here is covered locally
+        // but will never ship, and is no pending work.
+        let pending_outbound_nodes = self
+            .inner
+            .data
+            .pending_origins(&state.peer, &self.inner.node_id, &state.own)
+            .await?;
         let nodes: std::collections::BTreeSet<&NodeId> = state
             .own
             .iter()

@@ -14,8 +14,8 @@
 //! The tests at the end pin down what these tests found: hangs on a stalled blob body (fixed
 //! by idle and part deadlines in `HttpObjectStore`), data loss when a page is cut while
 //! another transaction's items commit (fixed by `ChannelData::select` settling the page and
-//! by local writes committing in timestamp order), and a phantom pending status (still
-//! `#[ignore]`d); docs/testing.md lists them.
+//! by local writes committing in timestamp order), and a phantom pending status (fixed by
+//! probing for shippable versions); docs/testing.md lists them.
 
 mod loopback;
 
@@ -503,7 +503,6 @@ async fn a_stall_inside_a_multipart_upload_times_out() {
 /// server never held the losing version, so its report stays below it until the node's
 /// next write lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "status() reports phantom outbound work after a write lost to a newer one (docs/testing.md, Network faults)"]
 async fn idle_status_shows_no_outbound_work_after_a_write_lost_to_a_newer_one() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("server"), system_time()).await;
