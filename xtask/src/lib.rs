@@ -9,6 +9,7 @@ pub mod bench;
 pub mod fixtures;
 pub mod postgres;
 pub mod s3;
+pub mod soak;
 pub mod tidy;
 
 use std::{

@@ -28,6 +28,10 @@ commands:
   bench [--quick] [-- <bench args>]
                                 build `starkeep-sync` in release, run its benchmark suite and
                                 write the figures into docs/benchmarks.md
+  soak [--minutes N] [--target NAME]... [--seed S] [--sim-seeds N] [--jobs N] [--record]
+                                run every fuzz target N minutes (default 10) in release, then
+                                the simulation over 100,000 seeds, then the extra runs; print
+                                the summary (`--record`: also into docs/soak.md). Not in CI
   ci                            fmt, clippy, docs, tidy, fixtures --check, then test
 ";
 
@@ -67,6 +71,12 @@ fn dispatch(args: &[String]) -> Result<()> {
             [flag] if flag == "--quick" => xtask::bench::run(true, passthrough),
             _ => bail!("usage: cargo xtask bench [--quick] [-- <starkeep-sync bench args>]"),
         },
+        "soak" => {
+            if !passthrough.is_empty() {
+                bail!("`soak` passes nothing to cargo; {}", xtask::soak::USAGE);
+            }
+            xtask::soak::run(&xtask::soak::Options::parse(options)?)
+        }
         "ci" => {
             expect_no_options(command, options)?;
             ci()

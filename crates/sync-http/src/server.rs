@@ -470,9 +470,71 @@ fn store_failure(e: object_store::Error) -> Response<ResponseBody> {
         E::NotSupported { .. } | E::NotImplemented { .. } => {
             error_response(StatusCode::NOT_IMPLEMENTED, e.to_string())
         }
+        // The local filesystem reports a key below an object (or an object where a prefix of
+        // other objects is) as a generic error: there is no object at that key, and nothing
+        // to retry.
+        E::Generic { .. } if is_path_conflict(&e) => {
+            error_response(StatusCode::NOT_FOUND, "no object at this key")
+        }
         // Backend errors (network to S3, a busy disk) are worth retrying.
         E::Generic { .. } => error_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         e => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Whether a store error is the local filesystem refusing a key that collides with the
+/// directory layout (`a/b` when `a` is an object, or `a` when objects live under `a/`).
+fn is_path_conflict(e: &object_store::Error) -> bool {
+    use std::io::ErrorKind;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::NotADirectory | ErrorKind::IsADirectory
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// How a failed upload is answered: a key that collides with the local filesystem's layout
+/// is a conflict (409), not a failing store (503, retried forever).
+fn upload_failure(e: object_store::Error) -> Response<ResponseBody> {
+    if is_path_conflict(&e) {
+        return key_collision();
+    }
+    store_failure(e)
+}
+
+fn key_collision() -> Response<ResponseBody> {
+    error_response(
+        StatusCode::CONFLICT,
+        "the key collides with an existing object: on this store a key cannot be both an \
+         object and the prefix of other keys",
+    )
+}
+
+/// Longest key segment: a file name is at most 255 bytes, and the filesystem store stages
+/// an upload as `<name>#<n>`.
+const MAX_SEGMENT_BYTES: usize = 240;
+
+/// Keys the local filesystem (the embedded default) cannot hold, refused up front: a
+/// segment longer than [`MAX_SEGMENT_BYTES`], or a last segment ending in `#<digits>` (the
+/// filesystem store's name for an upload in progress, which sync-blobs refuses too).
+fn unstorable_key(key: &str) -> Option<String> {
+    if key.split('/').any(|s| s.len() > MAX_SEGMENT_BYTES) {
+        return Some(format!(
+            "object key has a segment longer than {MAX_SEGMENT_BYTES} bytes"
+        ));
+    }
+    let last = key.rsplit('/').next().unwrap_or(key);
+    match last.rsplit_once('#') {
+        Some((_, digits)) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Some("object key ends in `#<digits>`, reserved for uploads in progress".into())
+        }
+        _ => None,
     }
 }
 
@@ -557,6 +619,9 @@ fn parse_route(path: &str, method: &Method) -> Result<Route, Box<Response<Respon
         _ => (raw, false),
     };
     let key = decode_key(raw).map_err(|m| error_response(StatusCode::BAD_REQUEST, m))?;
+    if let Some(m) = unstorable_key(&key) {
+        return Err(Box::new(error_response(StatusCode::BAD_REQUEST, m)));
+    }
     let parsed = Path::parse(&key)
         .map_err(|e| error_response(StatusCode::BAD_REQUEST, format!("invalid object key: {e}")))?;
     Ok(Route {
@@ -981,6 +1046,12 @@ impl Inner {
                 *r.status_mut() = StatusCode::NO_CONTENT;
                 r
             }
+            // Nothing at a key that collides with the filesystem layout either.
+            Err(e) if is_path_conflict(&e) => {
+                let mut r = Response::new(empty_body());
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r
+            }
             Err(e) => store_failure(e),
         }
     }
@@ -1061,12 +1132,18 @@ impl Inner {
                 buffered.push(data);
                 if buffered_len >= part_size {
                     if upload.is_none() {
+                        // A key that is also the prefix of other objects cannot be completed
+                        // on the filesystem store, which then leaves its staged file behind
+                        // (object_store's local multipart `complete`): refuse it up front.
+                        if matches!(self.blobs.list(Some(&key)).next().await, Some(Ok(_))) {
+                            return Err(Box::new(key_collision()));
+                        }
                         let opts = PutMultipartOptions::from(attributes.clone());
                         upload = Some(
                             self.blobs
                                 .put_multipart_opts(&key, opts)
                                 .await
-                                .map_err(|e| Box::new(store_failure(e)))?,
+                                .map_err(|e| Box::new(upload_failure(e)))?,
                         );
                     }
                     if let Some(u) = upload.as_mut() {
@@ -1074,7 +1151,7 @@ impl Inner {
                         buffered_len = 0;
                         u.put_part(part)
                             .await
-                            .map_err(|e| Box::new(store_failure(e)))?;
+                            .map_err(|e| Box::new(upload_failure(e)))?;
                     }
                 }
             }
@@ -1128,7 +1205,7 @@ impl Inner {
                 }
                 r
             }
-            Err(e) => store_failure(e),
+            Err(e) => upload_failure(e),
         }
     }
 }

@@ -67,8 +67,8 @@ impl SharedRecord {
     }
 }
 
-/// What an app row change does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What an app row change does. On the wire: `"insert"`, `"update"` or `"delete"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RowOp {
     /// Insert (or upsert) the row.
@@ -77,6 +77,21 @@ pub enum RowOp {
     Update,
     /// Soft-delete the row (a tombstone).
     Delete,
+}
+
+impl<'de> Deserialize<'de> for RowOp {
+    /// Only the names. A derived decoder would also take a variant index (`1` for update)
+    /// from MessagePack, a form the JSON protocol does not have (found by the fuzzer).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["insert", "update", "delete"];
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        match &*name {
+            "insert" => Ok(RowOp::Insert),
+            "update" => Ok(RowOp::Update),
+            "delete" => Ok(RowOp::Delete),
+            other => Err(serde::de::Error::unknown_variant(other, NAMES)),
+        }
+    }
 }
 
 /// A row of one app's table, as a snapshot at `timestamp`. Carried by that app's channel.

@@ -5,6 +5,8 @@ mod blobs;
 mod common;
 mod compression;
 mod fuzz;
+mod fuzz_service;
+mod hostile;
 mod metrics;
 mod rounds;
 mod shutdown;
