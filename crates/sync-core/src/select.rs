@@ -84,11 +84,20 @@ struct Cursor {
     buf: VecDeque<Item>,
     exhausted: bool,
     requested: usize,
+    /// The size of this cursor's previous scan (0 before the first).
+    last_request: usize,
 }
 
 /// Chooses a page over several (stream, origin node) cursors, asking the driver for scans
 /// as it goes. Scans are lazy: a cursor is read a page at a time, and only as far as the
 /// cut needs, plus one probe to tell `has_more` exactly.
+///
+/// A cursor's first scan asks for an even share of the page (what the page still needs over
+/// the cursors still open, plus one), and each refill of the same cursor for twice its
+/// previous scan, never more than the scan page or the page's remaining room plus one. So a
+/// page over `k` origin nodes reads about one page of items (plus up to two per cursor)
+/// when their versions interleave, and a few doubling scans more when one node holds most
+/// of them; asking every cursor for a whole page up front would read `k` pages to ship one.
 #[derive(Debug)]
 pub struct PageSelector {
     limit: usize,
@@ -137,6 +146,7 @@ impl PageSelector {
                     buf: VecDeque::new(),
                     exhausted: false,
                     requested: 0,
+                    last_request: 0,
                 })
                 .collect(),
             selected: Vec::new(),
@@ -162,8 +172,10 @@ impl PageSelector {
                 .iter()
                 .position(|c| c.buf.is_empty() && !c.exhausted && c.requested == 0)
             {
+                let open = self.cursors.iter().filter(|c| !c.exhausted).count();
                 let c = &mut self.cursors[i];
-                c.requested = self.scan_page.min(needed + 1);
+                c.requested = scan_size(self.scan_page, needed, open, c.last_request);
+                c.last_request = c.requested;
                 return SelectStep::Scan(ScanRequest {
                     cursor: i,
                     stream: c.stream.clone(),
@@ -235,6 +247,18 @@ impl PageSelector {
     }
 }
 
+/// How many items a cursor's next scan asks for: an even share of the `needed` items over
+/// the `open` cursors plus one (the has-more probe, when one cursor is left), at least twice
+/// the cursor's `last` scan, at most `needed + 1` and `scan_page`, and at least 1.
+fn scan_size(scan_page: usize, needed: usize, open: usize, last: usize) -> usize {
+    let share = needed.div_ceil(open.max(1)) + 1;
+    share
+        .max(last.saturating_mul(2))
+        .min(needed + 1)
+        .min(scan_page)
+        .max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +283,18 @@ mod tests {
         scan_page: usize,
         order: CutOrder,
     ) -> (Selection, usize) {
+        let (selection, scans, _) = run_counting(data, limit, scan_page, order);
+        (selection, scans)
+    }
+
+    /// [`run`], also counting the items the scans returned.
+    fn run_counting(
+        data: &BTreeMap<Stream, Vec<Item>>,
+        limit: usize,
+        scan_page: usize,
+        order: CutOrder,
+    ) -> (Selection, usize, usize) {
+        let mut read = 0;
         let mut cursors = Vec::new();
         for (stream, items) in data {
             let mut origins: Vec<NodeId> = items.iter().map(|i| i.origin().clone()).collect();
@@ -280,9 +316,10 @@ mod tests {
                 .collect();
             items.sort_by(|a, b| a.hlc().cmp(b.hlc()));
             items.truncate(req.limit);
+            read += items.len();
             sel.feed(req.cursor, items);
         }
-        (sel.finish(), scans)
+        (sel.finish(), scans, read)
     }
 
     fn t(name: &str) -> Stream {
@@ -359,5 +396,61 @@ mod tests {
             scans, 1,
             "one scan of limit+1 decides the page and has_more"
         );
+    }
+
+    /// `origins` nodes with `per_origin` versions each, interleaved in time (node `o`'s
+    /// `i`-th version at wall time `i * origins + o`), or all but the first node holding a
+    /// single version when `skewed`.
+    fn many_origins(origins: u64, per_origin: u64, skewed: bool) -> BTreeMap<Stream, Vec<Item>> {
+        let mut items = Vec::new();
+        for o in 0..origins {
+            let n = if skewed && o > 0 { 1 } else { per_origin };
+            for i in 0..n {
+                items.push(row("r", 1 + i * origins + o, &format!("node-{o:03}")));
+            }
+        }
+        BTreeMap::from([(Stream::Records, items)])
+    }
+
+    /// The page by brute force: the `limit` earliest versions overall, and whether more exist.
+    fn earliest(data: &BTreeMap<Stream, Vec<Item>>, limit: usize) -> (Vec<Hlc>, bool) {
+        let mut all: Vec<Hlc> = data.values().flatten().map(|i| i.hlc().clone()).collect();
+        all.sort();
+        let more = all.len() > limit;
+        all.truncate(limit);
+        (all, more)
+    }
+
+    #[test]
+    fn a_page_over_many_origins_reads_about_one_page() {
+        for skewed in [false, true] {
+            let data = many_origins(100, 1_000, skewed);
+            let (sel, scans, read) = run_counting(&data, 1_000, 1_001, CutOrder::PerOriginVersion);
+            let (want, more) = earliest(&data, 1_000);
+            let got: Vec<Hlc> = sel.items.iter().map(|i| i.hlc().clone()).collect();
+            assert_eq!(got, want, "skewed: {skewed}");
+            assert_eq!(sel.has_more, more);
+            // About one page plus two items per cursor, in about one or two scans per
+            // cursor. Asking each of the 100 cursors for a whole page read 100,000 here.
+            assert!(
+                read <= 1_000 + 2 * 100,
+                "skewed: {skewed}: read {read} items"
+            );
+            assert!(scans <= 2 * 100, "skewed: {skewed}: {scans} scans");
+        }
+    }
+
+    #[test]
+    fn scan_sizes_share_the_page_and_double() {
+        // One cursor: the page and its probe in one scan.
+        assert_eq!(scan_size(1001, 1000, 1, 0), 1001);
+        // A hundred: a share each, then doubling refills, capped by the room left.
+        assert_eq!(scan_size(1001, 1000, 100, 0), 11);
+        assert_eq!(scan_size(1001, 1000, 100, 11), 22);
+        assert_eq!(scan_size(1001, 5, 100, 400), 6);
+        assert_eq!(scan_size(500, 1000, 1, 0), 500);
+        // The probe at a full page, and degenerate inputs.
+        assert_eq!(scan_size(1001, 0, 100, 0), 1);
+        assert_eq!(scan_size(0, 10, 0, 0), 1);
     }
 }
