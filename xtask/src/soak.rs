@@ -348,11 +348,12 @@ fn fuzz_one(target: &FuzzTarget, binary: &Path, secs: f64, seed: u64) -> Result<
             let (replay_ok, _) = run_echoed(&mut replay, &format!("{} replay", target.name))?;
             let pending = corpus.join(".pending");
             let died = if !replay_ok && pending.exists() {
-                let kept = corpus.join(format!("crash-abort-{seed}-{last_batch}"));
-                fs::rename(&pending, &kept)?;
+                let name = format!("crash-abort-{seed}-{last_batch}");
+                fs::rename(&pending, corpus.join(&name))?;
                 format!(
-                    "process died; the input that kills it is {}",
-                    kept.display()
+                    "process died; the last input checked before it died again in the replay: \
+                     {}/{name}",
+                    target.corpus
                 )
             } else {
                 format!(
@@ -388,6 +389,8 @@ pub fn extra_runs() -> Vec<(String, Command)> {
 /// What `soak` did, for the summary.
 #[derive(Debug, Default)]
 pub struct Summary {
+    /// The command line, to repeat the run.
+    pub command: String,
     /// The fuzz seed.
     pub seed: u64,
     /// Minutes per target.
@@ -415,12 +418,11 @@ impl Summary {
     /// The summary as Markdown.
     pub fn markdown(&self, date: &str) -> String {
         let mut s = format!(
-            "Run of {date}: `cargo xtask soak --minutes {} --seed {}`, {:.0} min in all, on the \
-             2-core development machine (release build).\n\n\
+            "Run of {date}: `{}`, {:.0} min in all, on the 2-core development machine \
+             (release build).\n\n\
              | target | time | inputs | inputs/s | distinct outcomes | crashers | corpus files |\n\
              |---|---|---|---|---|---|---|\n",
-            self.minutes,
-            self.seed,
+            self.command,
             self.total.as_secs_f64() / 60.0
         );
         for (name, o) in &self.fuzz {
@@ -574,7 +576,15 @@ pub fn run(options: &Options) -> Result<()> {
         extra.push((name, ok, t.elapsed()));
     }
 
+    let mut command = format!(
+        "cargo xtask soak --minutes {} --seed {seed} --jobs {} --sim-seeds {}",
+        options.minutes, options.jobs, options.sim_seeds
+    );
+    for t in &options.targets {
+        command.push_str(&format!(" --target {t}"));
+    }
     let summary = Summary {
+        command,
         seed,
         minutes: options.minutes,
         fuzz,
