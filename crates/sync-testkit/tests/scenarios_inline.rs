@@ -372,3 +372,37 @@ fn in08_an_lww_loser_lands_no_inline_blob() {
     );
     assert_eq!(t.pair.own().get("cloud"), Some(&old.updated_at));
 }
+
+#[test]
+fn in09_the_time_budget_bounds_inline_reads_and_the_rest_still_lands() {
+    // A responder with no time for inline reads (its object storage as good as stalled)
+    // sends none; the requester pulls every blob through `/files` in the same round.
+    let t = Inline::new(
+        Pair::drive(),
+        ResponderConfig::default().with_inline_time_budget_ms(0),
+    );
+    for i in 0..3 {
+        t.pair
+            .cloud
+            .put_record(&format!("down{i}"), Some(&[i as u8; 100]));
+    }
+    let rep = t.round();
+    assert_eq!((rep.applied, rep.has_more), (3, false), "{rep:?}");
+    assert!(t.last_request().accept_inline_blobs.is_some());
+    assert!(t.last_response().inline_blobs.is_empty());
+    for i in 0..3 {
+        assert_eq!(
+            t.pair.local.record_residency(&format!("down{i}")),
+            Residency::Resident
+        );
+    }
+    // With the default budget the same page rides inline.
+    let t = Inline::drive();
+    for i in 0..3 {
+        t.pair
+            .cloud
+            .put_record(&format!("down{i}"), Some(&[i as u8; 100]));
+    }
+    assert_eq!(t.round().applied, 3);
+    assert_eq!(t.last_response().inline_blobs.len(), 3);
+}
