@@ -10,6 +10,8 @@
 
 mod child;
 mod data;
+mod load;
+mod pg;
 mod report;
 
 use std::{
@@ -25,7 +27,7 @@ use sync_blobs::{BlobMover, ObjectBlobs};
 use sync_engine::{
     core::{
         resume_clock, BlobStore, ChannelData, ChannelState, RecordStore, Requester, RequesterParts,
-        Responder, ResponderConfig, ResponderParts, RoundConfig,
+        Responder, ResponderConfig, ResponderParts, RoundConfig, SyncStateStore,
     },
     hlc::{Clock, ClockConfig, NodeId},
     AppNamespace, Channel, SystemClock,
@@ -40,7 +42,7 @@ pub use child::ChildSpec;
 use child::{NodeJob, NodeReport, ServerReport, READY};
 use data::{RawInserts, RawRows, Versions, ORIGIN};
 use report::{
-    percentile, Machine, Results, Run, Scenario, Stat, StorageReport, Verdict,
+    percentile, BackendStorage, Machine, Results, Run, Scenario, Stat, StorageReport, Verdict,
     BATCHED_CEILING_PER_S, BATCHED_RATIO, CEILING_PER_S, MB_PER_S, NODE_RSS, P50_MS, P99_MS,
     PULL_MB_PER_S, PUSH_MB_PER_S, RATIO, RECORDS_PER_S, ROUNDS, SERVER_RSS, WIRE_BYTES,
 };
@@ -68,6 +70,9 @@ pub struct BenchArgs {
     /// Write the results as the Markdown section of docs/benchmarks.md to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Write the load scenario's results as their Markdown section to this file.
+    #[arg(long)]
+    load_markdown: Option<PathBuf>,
     /// Keep the seeded datasets in this directory and reuse them on the next run
     /// (default: a temporary directory, removed at the end).
     #[arg(long)]
@@ -75,6 +80,12 @@ pub struct BenchArgs {
     /// Items per round (default: the engine's, 1000).
     #[arg(long)]
     page_limit: Option<usize>,
+    /// A PostgreSQL database for issue 3's storage figures on PostgreSQL and the load
+    /// scenario's scale-out setup (each run works in fresh schemas it drops again).
+    #[arg(long, env = "STARKEEP_BENCH_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    #[command(flatten)]
+    load: load::LoadArgs,
 }
 
 /// `starkeep-sync bench-child` (internal).
@@ -108,6 +119,9 @@ enum ScenarioId {
     AppRows,
     /// Issue 3: a no-op round's storage cost, and apply vs raw inserts.
     Storage,
+    /// Issue 8: many nodes syncing at once against SQLite, and against two servers on
+    /// PostgreSQL + S3 (only when asked for: not part of the default set).
+    Load,
 }
 
 /// How big each scenario is.
@@ -165,7 +179,11 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     };
     let runs = args.runs.unwrap_or(3).max(1);
     let mut chosen = if args.scenarios.is_empty() {
-        ScenarioId::value_variants().to_vec()
+        ScenarioId::value_variants()
+            .iter()
+            .copied()
+            .filter(|s| *s != ScenarioId::Load)
+            .collect()
     } else {
         args.scenarios.clone()
     };
@@ -192,6 +210,16 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         sizes,
         runs,
         page_limit: args.page_limit,
+        postgres_url: args.postgres_url.clone(),
+    };
+    let load_plan = if chosen.contains(&ScenarioId::Load) {
+        Some(
+            args.load
+                .plan(args.quick, args.postgres_url.as_deref())
+                .context("the load scenario")?,
+        )
+    } else {
+        None
     };
     let mut command = String::from("starkeep-sync bench");
     if args.quick {
@@ -208,6 +236,9 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
             }
         }
     }
+    if let Some(plan) = &load_plan {
+        command.push_str(&plan.options());
+    }
     eprintln!(
         "bench: {} run(s) per scenario, work directory {}",
         runs,
@@ -216,6 +247,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
 
     let mut scenarios = Vec::new();
     let mut storage = None;
+    let mut load = Vec::new();
     for id in chosen {
         let t = Instant::now();
         match id {
@@ -226,6 +258,10 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
             ScenarioId::LargeBlob => scenarios.push(bench.large_blob().await?),
             ScenarioId::AppRows => scenarios.push(bench.app_rows().await?),
             ScenarioId::Storage => storage = Some(bench.storage().await?),
+            ScenarioId::Load => {
+                let plan = load_plan.as_ref().expect("planned above");
+                load = bench.load(plan).await?;
+            }
         }
         eprintln!("bench: {id:?} done in {:.1} s", t.elapsed().as_secs_f64());
     }
@@ -241,9 +277,13 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         machine: Machine::detect(load_before),
         scenarios,
         storage,
+        load_not_measured: load_plan.and_then(|p| p.not_measured),
+        load,
     };
     let markdown = results.markdown();
+    let load_markdown = results.load_markdown();
     println!("{markdown}");
+    println!("{load_markdown}");
     if let Some(path) = &args.out {
         std::fs::write(path, serde_json::to_vec_pretty(&results)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -251,10 +291,24 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     if let Some(path) = &args.markdown {
         std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &args.load_markdown {
+        std::fs::write(path, &load_markdown)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     // Run directories were kept until now (see `Bench::run_dir`); removing a few hundred
     // thousand blob files takes a while.
     eprintln!("bench: removing the run directories");
     let _ = std::fs::remove_dir_all(bench.work.join("runs"));
+    let failed: Vec<&load::LoadReport> = results.load.iter().filter(|r| !r.passed()).collect();
+    if !failed.is_empty() {
+        for r in failed {
+            eprintln!(
+                "bench: the load run on {} FAILED: {} failed request(s), converged: {}",
+                r.servers_on, r.failed_requests, r.converged
+            );
+        }
+        return Ok(exit::INCOMPLETE);
+    }
     Ok(exit::OK)
 }
 
@@ -345,6 +399,7 @@ struct Bench {
     sizes: Sizes,
     runs: usize,
     page_limit: Option<usize>,
+    postgres_url: Option<String>,
 }
 
 /// A running server child.
@@ -394,11 +449,17 @@ impl Bench {
 
     /// Starts a server child on `data` and waits until it listens.
     async fn server(&self, data: &Path, apps: Vec<AppNamespace>) -> Result<ServerChild> {
-        let spec = ChildSpec::Server {
+        self.server_child(ChildSpec::Server {
             data: data.to_path_buf(),
             token: self.token.clone(),
             apps,
-        };
+            scale_out: None,
+        })
+        .await
+    }
+
+    /// Starts a server child and waits until it listens.
+    async fn server_child(&self, spec: ChildSpec) -> Result<ServerChild> {
         let mut child = self
             .child_command(&spec)?
             .stdin(Stdio::piped())
@@ -862,18 +923,7 @@ impl Bench {
     async fn storage(&self) -> Result<StorageReport> {
         let small = self.sizes.noop[0];
         let large = self.sizes.noop[2];
-        let mut coverage = Vec::new();
-        let mut rounds = Vec::new();
-        for n in [small, large] {
-            let (home, dataset) = self.in_sync_pair(n).await?;
-            let (c, r) = self.storage_round(&home, &dataset).await?;
-            eprintln!(
-                "bench: storage, {n} records: coverage {:.0} µs, no-op round {:.0} µs",
-                c.median, r.median
-            );
-            coverage.push(c);
-            rounds.push(r);
-        }
+        let (coverage, rounds) = self.sqlite_storage([small, large]).await?;
         let versions = Versions::new(ORIGIN)?;
         let (mut apply, mut raw, mut ratio, mut batched) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -898,11 +948,32 @@ impl Bench {
             raw.push(c);
             ratio.push(a / c);
         }
+        let (postgres, postgres_not_measured) = match &self.postgres_url {
+            Some(url) => {
+                let (coverage, rounds) = self.pg_storage(url, [small, large]).await?;
+                let figures = BackendStorage {
+                    coverage_us: (coverage[0], coverage[1]),
+                    round_us: (rounds[0], rounds[1]),
+                };
+                (Some(figures), None)
+            }
+            None => {
+                let why = "no PostgreSQL given (--postgres-url or STARKEEP_BENCH_POSTGRES_URL)";
+                eprintln!(
+                    "\n{banner}\nbench: WARNING: issue 3's storage figures were NOT measured on \
+                     PostgreSQL: {why}.\n{banner}\n",
+                    banner = "!".repeat(78)
+                );
+                (None, Some(why.to_string()))
+            }
+        };
         let stat = |v: &[f64]| Stat::of(v).expect("at least one run");
         Ok(StorageReport {
             sizes: (small as u64, large as u64),
             coverage_us: (coverage[0], coverage[1]),
             round_us: (rounds[0], rounds[1]),
+            postgres,
+            postgres_not_measured,
             apply_per_s: stat(&apply),
             raw_per_s: stat(&raw),
             apply_ratio: stat(&ratio),
@@ -910,14 +981,114 @@ impl Bench {
         })
     }
 
-    /// Times `ChannelData::coverage` and a no-op requester round against an in-process
-    /// responder, both on SQLite; medians (and spreads over the repetitions) in µs.
-    async fn storage_round(&self, home: &Path, dataset: &Path) -> Result<(Stat, Stat)> {
-        let node_store = SqliteStore::open(home.join("node.db")).await?;
-        let server_store = SqliteStore::open(dataset.join("server.db")).await?;
-        let server_blobs = ObjectBlobs::filesystem(dataset.join("blobs"))?;
+    /// Issue 3's no-op storage cost on SQLite at each size: the in-sync node homes and
+    /// server datasets of scenario 4, timed in turns (see [`interleaved`]).
+    async fn sqlite_storage(&self, sizes: [usize; 2]) -> Result<(Vec<Stat>, Vec<Stat>)> {
+        let mut stores = Vec::new();
+        let mut rigs = Vec::new();
+        for n in sizes {
+            let (home, dataset) = self.in_sync_pair(n).await?;
+            let node = SqliteStore::open(home.join("node.db")).await?;
+            let server = SqliteStore::open(dataset.join("server.db")).await?;
+            rigs.push(
+                self.noop_rig(
+                    Arc::new(node.clone()),
+                    Arc::new(node.clone()),
+                    Arc::new(server.clone()),
+                    &home.join("blobs"),
+                    &dataset.join("blobs"),
+                )
+                .await?,
+            );
+            stores.extend([node, server]);
+        }
+        let timed = interleaved(&rigs, self.sizes.storage_rounds).await;
+        for store in stores {
+            store.close().await;
+        }
+        let timed = timed?;
+        for (n, (c, r)) in sizes.iter().zip(&timed) {
+            eprintln!(
+                "bench: storage, {n} records: coverage {:.0} µs, no-op round {:.0} µs",
+                c.median, r.median
+            );
+        }
+        Ok(timed.into_iter().unzip())
+    }
+
+    /// Issue 3's no-op storage cost on PostgreSQL at each size: a node store and a server
+    /// store in fresh schemas, in sync (see [`pg`]), timed in turns (see [`interleaved`]).
+    /// Every size is seeded, and the database checkpointed, before any is timed, so that
+    /// writing back a bulk load does not land in the figures; the schemas are dropped after.
+    async fn pg_storage(&self, url: &str, sizes: [usize; 2]) -> Result<(Vec<Stat>, Vec<Stat>)> {
+        let versions = Versions::new(ORIGIN)?;
+        let mut pairs = Vec::new();
+        for n in sizes {
+            let prefix = format!("bench_{}_{n}", std::process::id());
+            let t = Instant::now();
+            eprintln!("bench: seeding PostgreSQL schemas {prefix}_node and {prefix}_server ...");
+            let pair = pg::InSyncPair::seed(url, &prefix, &versions, n).await;
+            match pair {
+                Ok(pair) => pairs.push((n, pair)),
+                Err(e) => {
+                    for (_, pair) in pairs {
+                        let _ = pair.drop_schemas().await;
+                    }
+                    return Err(e);
+                }
+            }
+            eprintln!(
+                "bench: seeded PostgreSQL with {n} records per side in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        pg::checkpoint(url).await;
+        let timed = async {
+            let mut rigs = Vec::new();
+            for (n, pair) in &pairs {
+                let (records, state) = pair.node_ports();
+                let blobs = self.run_dir(&format!("pg-storage-{n}"))?;
+                rigs.push(
+                    self.noop_rig(
+                        records,
+                        state,
+                        Arc::new(pair.server.clone()),
+                        &blobs.join("node"),
+                        &blobs.join("server"),
+                    )
+                    .await?,
+                );
+            }
+            interleaved(&rigs, self.sizes.storage_rounds).await
+        }
+        .await;
+        for (_, pair) in pairs {
+            pair.drop_schemas().await?;
+        }
+        let timed = timed?;
+        for (n, (c, r)) in sizes.iter().zip(&timed) {
+            eprintln!(
+                "bench: storage on PostgreSQL, {n} records: coverage {:.0} µs, no-op round \
+                 {:.0} µs",
+                c.median, r.median
+            );
+        }
+        Ok(timed.into_iter().unzip())
+    }
+
+    /// A requester on the node's stores against an in-process responder on the server's,
+    /// ready to time no-op rounds.
+    async fn noop_rig(
+        &self,
+        node_records: Arc<dyn RecordStore>,
+        node_state: Arc<dyn SyncStateStore>,
+        server_records: Arc<dyn RecordStore>,
+        node_blobs: &Path,
+        server_blobs: &Path,
+    ) -> Result<NoopRig> {
+        let server_blobs = ObjectBlobs::filesystem(server_blobs)?;
         let responder = Responder::new(ResponderParts {
-            data: ChannelData::new(Channel::Drive, Some(Arc::new(server_store.clone())), None),
+            data: ChannelData::new(Channel::Drive, Some(server_records), None),
             blobs: Arc::new(server_blobs.clone()) as Arc<dyn BlobStore>,
             clock: Arc::new(Mutex::new(Clock::new(
                 NodeId::new("bench-server")?,
@@ -926,8 +1097,8 @@ impl Bench {
             time: Arc::new(SystemClock),
             config: ResponderConfig::default(),
         });
-        let data = ChannelData::new(Channel::Drive, Some(Arc::new(node_store.clone())), None);
-        let persisted = sync_engine::core::SyncStateStore::load_clock(&node_store).await?;
+        let data = ChannelData::new(Channel::Drive, Some(node_records), None);
+        let persisted = node_state.load_clock().await?;
         let clock = resume_clock(
             NodeId::new("bench-node")?,
             ClockConfig::default(),
@@ -936,9 +1107,9 @@ impl Bench {
         );
         let requester = Requester::new(RequesterParts {
             data: data.clone(),
-            state: Arc::new(node_store.clone()),
+            state: node_state,
             transfer: Arc::new(BlobMover::new(
-                ObjectBlobs::filesystem(home.join("blobs"))?,
+                ObjectBlobs::filesystem(node_blobs)?,
                 server_blobs,
             )),
             transport: Arc::new(responder),
@@ -946,31 +1117,71 @@ impl Bench {
             time: Arc::new(SystemClock),
             config: RoundConfig::default(),
         });
-        let n = self.sizes.storage_rounds;
-        let mut coverage_us = Vec::with_capacity(n);
-        let mut round_us = Vec::with_capacity(n);
-        for i in 0..n + 20 {
+        Ok(NoopRig { data, requester })
+    }
+}
+
+/// A node in sync with an in-process responder: `ChannelData::coverage` and a whole
+/// requester round (selection, the responder's apply and selection, the state commit),
+/// with nothing to move.
+struct NoopRig {
+    data: ChannelData,
+    requester: Requester,
+}
+
+impl NoopRig {
+    /// Times `rounds` coverage reads and no-op rounds, in µs, appending to `coverage` and
+    /// `round`. Any round that moves something is an error.
+    async fn time(
+        &self,
+        rounds: usize,
+        coverage: &mut Vec<f64>,
+        round: &mut Vec<f64>,
+    ) -> Result<()> {
+        for _ in 0..rounds {
             let t = Instant::now();
-            data.coverage().await?;
-            let c = t.elapsed();
+            self.data.coverage().await?;
+            coverage.push(t.elapsed().as_secs_f64() * 1e6);
             let t = Instant::now();
-            let r = requester.exchange().await?;
-            let d = t.elapsed();
+            let r = self.requester.exchange().await?;
+            round.push(t.elapsed().as_secs_f64() * 1e6);
             if r.applied + r.shipped > 0 || r.has_more {
                 bail!("the storage no-op round moved something: {r:?}");
             }
-            if i >= 20 {
-                coverage_us.push(c.as_secs_f64() * 1e6);
-                round_us.push(d.as_secs_f64() * 1e6);
-            }
         }
-        node_store.close().await;
-        server_store.close().await;
-        Ok((
-            Stat::of(&coverage_us).expect("rounds ran"),
-            Stat::of(&round_us).expect("rounds ran"),
-        ))
+        Ok(())
     }
+}
+
+/// Rounds per turn of [`interleaved`].
+const TURN: usize = 20;
+
+/// Times `rounds` no-op rounds on each rig (after [`TURN`] untimed ones each), in turns of
+/// [`TURN`] rounds, so that the sizes compared share the machine's ups and downs (other
+/// work on it, a checkpoint) instead of one size getting a quiet minute and the other a
+/// busy one. Medians and spreads in µs, per rig: (coverage, round).
+async fn interleaved(rigs: &[NoopRig], rounds: usize) -> Result<Vec<(Stat, Stat)>> {
+    let mut samples = vec![(Vec::with_capacity(rounds), Vec::with_capacity(rounds)); rigs.len()];
+    for rig in rigs {
+        rig.time(TURN, &mut Vec::new(), &mut Vec::new()).await?;
+    }
+    let mut done = 0;
+    while done < rounds {
+        let turn = TURN.min(rounds - done);
+        for (rig, (coverage, round)) in rigs.iter().zip(samples.iter_mut()) {
+            rig.time(turn, coverage, round).await?;
+        }
+        done += turn;
+    }
+    Ok(samples
+        .iter()
+        .map(|(c, r)| {
+            (
+                Stat::of(c).expect("rounds ran"),
+                Stat::of(r).expect("rounds ran"),
+            )
+        })
+        .collect())
 }
 
 /// The raw SQLite ceilings of one run, rows per second.

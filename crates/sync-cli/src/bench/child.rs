@@ -3,6 +3,7 @@
 //! layer counting the body bytes of every request and response, and a node running rounds.
 
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     future::Future,
     net::SocketAddr,
@@ -10,7 +11,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     task::{Context, Poll},
     time::Instant,
@@ -22,6 +23,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
+use sync_blobs::S3Config;
 use sync_engine::{AppNamespace, Channel};
 use sync_http::{ResponseBody, Scope, SyncService};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +37,8 @@ use crate::{
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "camelCase")]
 pub enum ChildSpec {
-    /// Serve `data` (SQLite + files) on an ephemeral loopback port until stdin closes.
+    /// Serve `data` (SQLite + files), or PostgreSQL + S3 when `scale_out` is given, on an
+    /// ephemeral loopback port until stdin closes.
     Server {
         /// The data directory.
         data: PathBuf,
@@ -43,7 +46,13 @@ pub enum ChildSpec {
         token: String,
         /// App namespaces to serve.
         apps: Vec<AppNamespace>,
+        /// PostgreSQL and S3 instead of `data` (the `serve --database --blobs` path).
+        #[serde(default)]
+        scale_out: Option<ScaleOut>,
     },
+    /// One node of the load scenario (see `load.rs`): writes its data, then syncs on the
+    /// orchestrator's signals.
+    LoadNode(super::load::LoadNodeSpec),
     /// Open the node in `home` and run rounds on one channel.
     Node {
         /// The node's home (config, database, blobs).
@@ -55,6 +64,51 @@ pub enum ChildSpec {
         /// Which rounds.
         job: NodeJob,
     },
+}
+
+/// Where a scale-out server child keeps its data: one PostgreSQL schema and one S3 bucket,
+/// shareable by several servers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleOut {
+    /// The PostgreSQL URL.
+    pub database: String,
+    /// The schema (created if missing).
+    pub schema: String,
+    /// The bucket.
+    pub s3: S3Spec,
+}
+
+/// An S3-compatible bucket with static credentials.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// Endpoint URL (`http://` allowed).
+    pub endpoint: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for S3Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Spec")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Spec {
+    /// The blob store's configuration.
+    pub fn config(&self) -> S3Config {
+        S3Config::new(&self.bucket, &self.access_key, &self.secret_key)
+            .with_endpoint(self.endpoint.clone())
+            .with_allow_http(true)
+    }
 }
 
 /// The rounds a node child runs.
@@ -84,6 +138,10 @@ pub struct ServerReport {
     pub response_bytes: u64,
     /// Peak resident set size (VmHWM), KiB.
     pub peak_rss_kib: u64,
+    /// Responses with a status of 400 or above, by status (not counting `404` answers to
+    /// `HEAD`: the blob mover's "is it there yet?").
+    #[serde(default)]
+    pub error_statuses: BTreeMap<u16, u64>,
 }
 
 /// What a node child reports.
@@ -110,7 +168,13 @@ pub const READY: &str = "READY ";
 /// Runs a child process's part; prints its report as one JSON line on stdout.
 pub async fn run(spec: ChildSpec) -> Result<u8> {
     match spec {
-        ChildSpec::Server { data, token, apps } => serve(data, token, apps).await,
+        ChildSpec::Server {
+            data,
+            token,
+            apps,
+            scale_out,
+        } => serve(data, token, apps, scale_out).await,
+        ChildSpec::LoadNode(spec) => super::load::node(spec).await,
         ChildSpec::Node {
             home,
             channel,
@@ -126,13 +190,26 @@ pub async fn run(spec: ChildSpec) -> Result<u8> {
     }
 }
 
-async fn serve(data: PathBuf, token: String, apps: Vec<AppNamespace>) -> Result<u8> {
+async fn serve(
+    data: PathBuf,
+    token: String,
+    apps: Vec<AppNamespace>,
+    scale_out: Option<ScaleOut>,
+) -> Result<u8> {
     let counters = Arc::new(WireCounters::default());
     let layer = counters.clone();
+    let storage = match scale_out {
+        None => Storage::Embedded { data },
+        Some(s) => Storage::ScaleOut {
+            database: s.database,
+            schema: Some(s.schema),
+            bucket: s.s3.config(),
+        },
+    };
     let running = server::start_with(
         ServerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            storage: Storage::Embedded { data },
+            storage,
             tokens: vec![(token, Scope::All)],
             apps,
             max_limit: 10_000,
@@ -158,6 +235,11 @@ async fn serve(data: PathBuf, token: String, apps: Vec<AppNamespace>) -> Result<
         request_bytes: counters.request_bytes.load(Ordering::Relaxed),
         response_bytes: counters.response_bytes.load(Ordering::Relaxed),
         peak_rss_kib: peak_rss_kib(),
+        error_statuses: counters
+            .error_statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
     };
     stdout
         .write_all(format!("{}\n", serde_json::to_string(&report)?).as_bytes())
@@ -249,6 +331,8 @@ struct WireCounters {
     requests: AtomicU64,
     request_bytes: AtomicU64,
     response_bytes: AtomicU64,
+    /// Responses of 400 and above, by status (rare: a lock is fine).
+    error_statuses: Mutex<BTreeMap<u16, u64>>,
 }
 
 /// The sync service with every request and response body counted.
@@ -270,6 +354,7 @@ impl tower::Service<Request<Incoming>> for Counted {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let counters = self.counters.clone();
+        let head = request.method() == http::Method::HEAD;
         let request = request.map(|body| CountingBody {
             inner: body,
             counters: counters.clone(),
@@ -278,6 +363,19 @@ impl tower::Service<Request<Incoming>> for Counted {
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
+            let status = response.status().as_u16();
+            // A `HEAD` answered 404 is the blob mover asking whether a blob is there yet
+            // before it pushes it: an answer, not a failure.
+            let probe = head && status == 404;
+            if status >= 400 && !probe {
+                tracing::warn!(status, "bench server: error response");
+                *counters
+                    .error_statuses
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(status)
+                    .or_default() += 1;
+            }
             Ok(response.map(|body| CountingBody {
                 inner: body,
                 counters,

@@ -254,7 +254,11 @@ pub fn shared_blob_key(hash: &str) -> String {
 
 /// Sets a node's sync state on the Drive channel or an app channel: own and peer
 /// watermarks (empty to start over, the channel's coverage for "in sync").
-pub async fn set_state(store: &SqliteStore, channel: &Channel, state: ChannelState) -> Result<()> {
+pub async fn set_state(
+    store: &dyn SyncStateStore,
+    channel: &Channel,
+    state: ChannelState,
+) -> Result<()> {
     let clock = store.load_clock().await?.unwrap_or_default();
     store.commit(channel, &state, clock).await?;
     Ok(())
@@ -437,17 +441,17 @@ pub async fn raw_ceiling(path: &Path, rows: RawRows<'_>, inserts: RawInserts) ->
 }
 
 /// One column value, encoded before the clock starts.
-enum RawValue {
+pub(super) enum RawValue {
     Text(String),
     Int(i64),
     Null,
 }
 
 /// A row's column values in insert order.
-struct RawRow(Vec<RawValue>);
+pub(super) struct RawRow(pub(super) Vec<RawValue>);
 
 impl RawRow {
-    fn record(r: &SharedRecord) -> Self {
+    pub(super) fn record(r: &SharedRecord) -> Self {
         use RawValue::{Int, Null, Text};
         let opt = |v: Option<String>| v.map_or(Null, Text);
         Self(vec![

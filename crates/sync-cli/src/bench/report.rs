@@ -147,6 +147,10 @@ pub struct StorageReport {
     pub coverage_us: (Stat, Stat),
     /// A requester round against an in-process responder with nothing to do, µs.
     pub round_us: (Stat, Stat),
+    /// The same two figures with both sides on PostgreSQL, when a server was given.
+    pub postgres: Option<BackendStorage>,
+    /// Why the PostgreSQL figures are missing, when they are.
+    pub postgres_not_measured: Option<String>,
     /// `RecordStore::apply` of 1000-record pages into an empty store, records/s.
     pub apply_per_s: Stat,
     /// Plain sqlx inserts of the same rows, 1000 per transaction, rows/s.
@@ -155,6 +159,16 @@ pub struct StorageReport {
     pub apply_ratio: Stat,
     /// The same rows, many per `INSERT`, 1000 per transaction, rows/s.
     pub batched_per_s: Stat,
+}
+
+/// Issue 3's no-op storage cost on one more backend, at the same two sizes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendStorage {
+    /// `ChannelData::coverage` of the Drive channel, µs, at each size.
+    pub coverage_us: (Stat, Stat),
+    /// A requester round against an in-process responder with nothing to do, µs.
+    pub round_us: (Stat, Stat),
 }
 
 /// The machine the figures come from.
@@ -241,6 +255,10 @@ pub struct Results {
     pub scenarios: Vec<Scenario>,
     /// Issue 3's storage ratios.
     pub storage: Option<StorageReport>,
+    /// Issue 8's load runs, one per server setup.
+    pub load: Vec<super::load::LoadReport>,
+    /// Why a load setup did not run, when one was left out.
+    pub load_not_measured: Option<String>,
 }
 
 /// `1234567.8` as `1,234,568`.
@@ -285,16 +303,12 @@ fn stat(s: Option<&Stat>, decimals: usize) -> String {
 }
 
 impl Results {
-    /// The Markdown section `cargo xtask bench` puts in docs/benchmarks.md.
-    pub fn markdown(&self) -> String {
-        let mut md = String::new();
+    /// The machine, the date and the command, as the first line of a section.
+    fn machine_line(&self) -> String {
         let m = &self.machine;
-        let _ = writeln!(
-            md,
+        format!(
             "Run on {}: {} CPUs ({}), {:.1} GiB memory, Linux {}, {}, release build; load \
-             average {} at the start and {} at the end. Command: `{}` ({} run(s) per scenario, \
-             {:.0} s including seeding). Figures are medians with the spread (min–max) in \
-             brackets.\n",
+             average {} at the start and {} at the end. Command: `{}`",
             self.date,
             m.cpus,
             m.cpu_model,
@@ -304,14 +318,141 @@ impl Results {
             m.load_average.0,
             m.load_average.1,
             self.command,
-            self.runs,
+        )
+    }
+
+    /// The Markdown section of issue 8's load runs (empty when none ran or was skipped).
+    pub fn load_markdown(&self) -> String {
+        let mut md = String::new();
+        if self.load.is_empty() && self.load_not_measured.is_none() {
+            return md;
+        }
+        let _ = writeln!(
+            md,
+            "{} ({:.0} s in all, including writing the data).\n",
+            self.machine_line(),
             self.duration_s
         );
         md.push_str(
-            "| # | scenario | items | records/s | × raw ceiling | × batched ceiling | \
-             wire B/record | rounds | round p50 / p99 ms | peak RSS node / server MiB | target \
-             | met |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+            "| setup | nodes | per node | write s (slowest) | items/s (both phases) | round p50 / p99 ms \
+             | failed requests | converged | peak RSS nodes median / max MiB | peak RSS servers MiB \
+             | requests served | disk per node MiB |\n|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|\n",
         );
+        for r in &self.load {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} records with 256-byte blobs, {} rows | {:.1} | {} | {:.1} / {:.1} | {} | {} | {:.0} / {:.0} | {} | {} | {:.0} |",
+                r.servers_on,
+                r.nodes,
+                thousands(r.records_per_node as f64),
+                thousands(r.rows_per_node as f64),
+                r.write_s,
+                thousands(r.items_per_s),
+                r.p50_ms,
+                r.p99_ms,
+                if r.failed_requests == 0 {
+                    "0".to_string()
+                } else {
+                    format!("**{}**", r.failed_requests)
+                },
+                if r.converged { "yes" } else { "**no**" },
+                r.node_rss_mib.0,
+                r.node_rss_mib.1,
+                r.servers
+                    .iter()
+                    .map(|s| format!("{:.0}", s.peak_rss_mib))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                r.servers
+                    .iter()
+                    .map(|s| thousands(s.requests as f64))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                r.node_home_mib,
+            );
+        }
+        if let Some(why) = &self.load_not_measured {
+            let _ = writeln!(
+                md,
+                "| two servers on PostgreSQL + S3 | – | **not measured**: {why} | – | – | – | – | – | – | – | – | – |"
+            );
+        }
+        if !self.load.is_empty() {
+            md.push_str(
+                "\n| setup | phase | wall s | items | items/s | rounds | round p50 / p99 ms | failed rounds \
+                 | failed items | halted origins |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            );
+            for r in &self.load {
+                for (name, p) in [
+                    ("1: all sync until idle", &r.phase1),
+                    ("2: all sync again", &r.phase2),
+                ] {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {name} | {:.1} | {} | {} | {} | {:.1} / {:.1} | {} | {} | {} |",
+                        r.servers_on,
+                        p.wall_s,
+                        thousands(p.items as f64),
+                        thousands(p.items_per_s),
+                        thousands(p.rounds as f64),
+                        p.p50_ms,
+                        p.p99_ms,
+                        p.exchange_errors,
+                        p.failed_items,
+                        p.halted,
+                    );
+                }
+            }
+            for r in self.load.iter().filter(|r| !r.problems.is_empty()) {
+                let _ = writeln!(
+                    md,
+                    "\nNot converged on {}: {}",
+                    r.servers_on,
+                    r.problems.join("; ")
+                );
+            }
+            for r in &self.load {
+                let errors: Vec<String> = r
+                    .servers
+                    .iter()
+                    .filter(|s| !s.error_statuses.is_empty())
+                    .map(|s| format!("{:?}", s.error_statuses))
+                    .collect();
+                if !errors.is_empty() {
+                    let _ = writeln!(
+                        md,
+                        "\nError statuses served on {}: {}",
+                        r.servers_on,
+                        errors.join("; ")
+                    );
+                }
+            }
+        }
+        md
+    }
+
+    /// The Markdown section `cargo xtask bench` puts in docs/benchmarks.md (empty when only
+    /// the load scenario ran).
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        if self.scenarios.is_empty() && self.storage.is_none() {
+            return md;
+        }
+        let _ = writeln!(
+            md,
+            "{} ({} run(s) per scenario, {:.0} s including seeding). Figures are medians with \
+             the spread (min–max) in brackets.\n",
+            self.machine_line(),
+            self.runs,
+            self.duration_s
+        );
+        if !self.scenarios.is_empty() {
+            md.push_str(
+                "| # | scenario | items | records/s | × raw ceiling | × batched ceiling | \
+                 wire B/record | rounds | round p50 / p99 ms | peak RSS node / server MiB | \
+                 target | met |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+            );
+        }
         for s in &self.scenarios {
             let g = |name| s.summary.get(name);
             let throughput = if s.summary.contains_key(MB_PER_S) {
@@ -397,10 +538,12 @@ impl Results {
             let ratio = |pair: &(Stat, Stat)| pair.1.median / pair.0.median;
             let _ = writeln!(
                 md,
-                "\nIssue 3 (storage, measured against `SqliteStore` through `sync-core`, no HTTP):\n\n\
-                 | figure | {} records | {} records | ratio | target |\n|---|---:|---:|---:|---|\n\
-                 | `ChannelData::coverage`, µs | {} | {} | {:.2} | – |\n\
-                 | no-op requester round against an in-process responder, µs | {} | {} | {:.2} | ≤ 1.5 |",
+                "\nIssue 3 (storage, measured against the stores through `sync-core`, no HTTP; \
+                 both sides on the same backend):\n\n\
+                 | backend | figure | {} records | {} records | ratio | target |\n\
+                 |---|---|---:|---:|---:|---|\n\
+                 | SQLite | `ChannelData::coverage`, µs | {} | {} | {:.2} | ≤ 1.5 |\n\
+                 | SQLite | no-op requester round against an in-process responder, µs | {} | {} | {:.2} | ≤ 1.5 |",
                 thousands(small as f64),
                 thousands(large as f64),
                 stat(Some(&st.coverage_us.0), 0),
@@ -410,6 +553,28 @@ impl Results {
                 stat(Some(&st.round_us.1), 0),
                 ratio(&st.round_us),
             );
+            match (&st.postgres, &st.postgres_not_measured) {
+                (Some(pg), _) => {
+                    let _ = writeln!(
+                        md,
+                        "| PostgreSQL | `ChannelData::coverage`, µs | {} | {} | {:.2} | ≤ 1.5 |\n\
+                         | PostgreSQL | no-op requester round against an in-process responder, µs | {} | {} | {:.2} | ≤ 1.5 |",
+                        stat(Some(&pg.coverage_us.0), 0),
+                        stat(Some(&pg.coverage_us.1), 0),
+                        ratio(&pg.coverage_us),
+                        stat(Some(&pg.round_us.0), 0),
+                        stat(Some(&pg.round_us.1), 0),
+                        ratio(&pg.round_us),
+                    );
+                }
+                (None, why) => {
+                    let _ = writeln!(
+                        md,
+                        "| PostgreSQL | **not measured** ({}) | – | – | – | ≤ 1.5 |",
+                        why.as_deref().unwrap_or("no server")
+                    );
+                }
+            }
             let _ = writeln!(
                 md,
                 "\n| figure | records/s | target |\n|---|---:|---|\n\
