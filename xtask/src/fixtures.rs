@@ -423,7 +423,7 @@ mod tests {
             let twin = name.replace(".json", ".msgpack");
             assert!(names.contains(&twin), "{name} has no {twin}");
         }
-        assert_eq!(names.len(), 10);
+        assert_eq!(names.len(), 14, "seven messages, two codecs each");
     }
 
     #[test]
