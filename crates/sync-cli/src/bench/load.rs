@@ -770,10 +770,7 @@ impl Bench {
                         .await?,
                     );
                 }
-                format!(
-                    "two servers sharing one PostgreSQL schema and one S3 bucket ({})",
-                    s3.endpoint
-                )
+                "two servers sharing one PostgreSQL schema and one S3 bucket".to_string()
             }
         };
         eprintln!(
