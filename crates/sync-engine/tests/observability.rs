@@ -2,81 +2,19 @@
 //! skew refusals, halts by the peer, failed rounds) and the per-origin lag of `status`.
 //! The `round` span has its own test binary (tests/round_spans.rs).
 
+mod drive_world;
+
+use drive_world::World;
 use std::{collections::HashMap, sync::Arc};
 
 use sync_engine::{
-    core::{ExchangeTransport, TimeSource},
+    core::TimeSource,
     hlc::{Hlc, NodeId},
-    Channel, Engine, ItemKey, MetricsSnapshot, NodeMetrics, RecordDraft, RetryPolicy,
+    ItemKey, MetricsSnapshot, NodeMetrics,
 };
-use sync_testkit::{
-    harness::Side,
-    memory::{
-        sha256_hex, FaultMode, FaultPoint, Faults, FaultyTransport, ManualTime, MemoryTransfer,
-    },
-};
+use sync_testkit::memory::{FaultMode, FaultPoint};
 
 const HOUR_MS: u64 = 3_600_000;
-
-struct World {
-    local: Side,
-    cloud: Side,
-    time: Arc<ManualTime>,
-    transport_faults: Arc<Faults>,
-}
-
-impl World {
-    fn new() -> Self {
-        let time = ManualTime::new(1_700_000_000_000, 1);
-        Self {
-            local: Side::new("laptop", time.clone()),
-            cloud: Side::new("cloud", time.clone()),
-            time,
-            transport_faults: Faults::new(),
-        }
-    }
-
-    async fn engine_with(
-        &self,
-        page_limit: usize,
-        metrics: NodeMetrics,
-        time: Arc<dyn TimeSource>,
-    ) -> Engine {
-        let responder: Arc<dyn ExchangeTransport> =
-            Arc::new(self.cloud.responder(&Channel::Drive, Default::default()));
-        Engine::builder("laptop", Channel::Drive)
-            .unwrap()
-            .records(self.local.records.clone())
-            .state(self.local.state.clone())
-            .blob_transfer(Arc::new(MemoryTransfer {
-                local: self.local.blobs.clone(),
-                remote: self.cloud.blobs.clone(),
-            }))
-            .transport(Arc::new(FaultyTransport {
-                inner: responder,
-                faults: self.transport_faults.clone(),
-            }))
-            .time_source(time)
-            .page_limit(page_limit)
-            .metrics(metrics)
-            .retry(RetryPolicy::none())
-            .build()
-            .await
-            .unwrap()
-    }
-
-    async fn engine(&self, metrics: NodeMetrics) -> Engine {
-        self.engine_with(1000, metrics, self.local.time.clone())
-            .await
-    }
-
-    fn file(&self, id: &str, bytes: &[u8]) -> RecordDraft {
-        let hash = sha256_hex(bytes);
-        let key = format!("shared/test/{}/{hash}", &hash[..2]);
-        self.local.blobs.insert(&key, bytes);
-        RecordDraft::file(id, key, hash, bytes.len() as u64)
-    }
-}
 
 #[tokio::test]
 async fn failing_blobs_count_attempts_until_they_land() {

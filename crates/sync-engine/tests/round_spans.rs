@@ -4,79 +4,21 @@
 //! test thread that runs rounds without a subscriber while this one installs its own can
 //! race that cache (the span is then never created here). Alone in its process, it cannot.
 
+mod drive_world;
+
+use drive_world::World;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
-use sync_engine::{
-    core::{ExchangeTransport, TimeSource},
-    Channel, Engine, NodeMetrics, RecordDraft, RetryPolicy,
-};
-use sync_testkit::{
-    harness::Side,
-    memory::{
-        sha256_hex, FaultMode, FaultPoint, Faults, FaultyTransport, ManualTime, MemoryTransfer,
-    },
-};
+use sync_engine::NodeMetrics;
+use sync_testkit::memory::{FaultMode, FaultPoint};
 use tracing::{
     field::{Field, Visit},
     span, Subscriber,
 };
 use tracing_subscriber::{layer::Context, prelude::*, registry::LookupSpan, Layer};
-
-struct World {
-    local: Side,
-    cloud: Side,
-    transport_faults: Arc<Faults>,
-}
-
-impl World {
-    fn new() -> Self {
-        let time = ManualTime::new(1_700_000_000_000, 1);
-        Self {
-            local: Side::new("laptop", time.clone()),
-            cloud: Side::new("cloud", time),
-            transport_faults: Faults::new(),
-        }
-    }
-
-    async fn engine_with(
-        &self,
-        page_limit: usize,
-        metrics: NodeMetrics,
-        time: Arc<dyn TimeSource>,
-    ) -> Engine {
-        let responder: Arc<dyn ExchangeTransport> =
-            Arc::new(self.cloud.responder(&Channel::Drive, Default::default()));
-        Engine::builder("laptop", Channel::Drive)
-            .unwrap()
-            .records(self.local.records.clone())
-            .state(self.local.state.clone())
-            .blob_transfer(Arc::new(MemoryTransfer {
-                local: self.local.blobs.clone(),
-                remote: self.cloud.blobs.clone(),
-            }))
-            .transport(Arc::new(FaultyTransport {
-                inner: responder,
-                faults: self.transport_faults.clone(),
-            }))
-            .time_source(time)
-            .page_limit(page_limit)
-            .metrics(metrics)
-            .retry(RetryPolicy::none())
-            .build()
-            .await
-            .unwrap()
-    }
-
-    fn file(&self, id: &str, bytes: &[u8]) -> RecordDraft {
-        let hash = sha256_hex(bytes);
-        let key = format!("shared/test/{}/{hash}", &hash[..2]);
-        self.local.blobs.insert(&key, bytes);
-        RecordDraft::file(id, key, hash, bytes.len() as u64)
-    }
-}
 
 /// The fields of one closed span, as text.
 type Fields = HashMap<String, String>;
