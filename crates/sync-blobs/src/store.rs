@@ -7,7 +7,7 @@ use object_store::{
     aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path, ObjectStore,
     ObjectStoreExt, RetryConfig,
 };
-use sync_core::{BlobError, BlobManifest, BlobStore, Transferred};
+use sync_core::{BlobDigest, BlobError, BlobManifest, BlobStamp, BlobStore, Transferred};
 
 use crate::{
     error::{classify, Error},
@@ -171,6 +171,43 @@ impl BlobStore for ObjectBlobs {
         bytes: Vec<u8>,
     ) -> Result<Transferred, BlobError> {
         crate::transfer::write_inline(manifest, bytes, self).await
+    }
+
+    async fn stamp(&self, key: &str) -> Result<Option<BlobStamp>, BlobError> {
+        let path = object_path(key)?;
+        match self.store.head(&path).await {
+            Ok(meta) => Ok(Some(BlobStamp::new(meta.size, meta.e_tag))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(classify(key, "existence check", e)),
+        }
+    }
+
+    /// Streams the blob through SHA-256 (a local file in large reads); the stamp is the
+    /// one of the read itself, so a blob replaced meanwhile is never remembered under the
+    /// replacement's ETag.
+    async fn digest(&self, key: &str) -> Result<BlobDigest, BlobError> {
+        use futures::StreamExt;
+        use sha2::{Digest, Sha256};
+        let path = object_path(key)?;
+        let found = match self
+            .store
+            .get_opts(&path, object_store::GetOptions::default())
+            .await
+        {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(BlobDigest::Absent),
+            Err(e) => return Err(classify(key, "read to verify", e)),
+        };
+        let stamp = BlobStamp::new(found.meta.size, found.meta.e_tag.clone());
+        let mut hasher = Sha256::new();
+        let mut stream = crate::transfer::chunks(found);
+        while let Some(chunk) = stream.next().await {
+            hasher.update(chunk.map_err(|e| classify(key, "read to verify", e))?);
+        }
+        Ok(BlobDigest::Sha256 {
+            hex: hex::encode(hasher.finalize()),
+            stamp,
+        })
     }
 }
 
@@ -349,6 +386,42 @@ mod tests {
         let err =
             S3Config::from_lookup("b".into(), lookup(&[("AWS_ACCESS_KEY_ID", "id")])).unwrap_err();
         assert!(err.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn digest_hashes_the_stored_bytes_and_stamps_them_as_a_head_does() {
+        let dir = tempfile::tempdir().unwrap();
+        for blobs in [
+            ObjectBlobs::memory(),
+            ObjectBlobs::filesystem(dir.path()).unwrap(),
+        ] {
+            assert_eq!(blobs.digest("k/absent").await.unwrap(), BlobDigest::Absent);
+            assert_eq!(blobs.stamp("k/absent").await.unwrap(), None);
+            // Above one file chunk, so a local file is read in several.
+            let bytes = vec![7u8; 600 * 1024];
+            blobs
+                .object_store()
+                .put(&Path::from("k/b"), bytes.clone().into())
+                .await
+                .unwrap();
+            let stamp = blobs.stamp("k/b").await.unwrap().unwrap();
+            assert_eq!(stamp.size, bytes.len() as u64);
+            assert!(stamp.e_tag.is_some(), "{blobs}");
+            assert_eq!(
+                blobs.digest("k/b").await.unwrap(),
+                BlobDigest::Sha256 {
+                    hex: crate::testing::sha256_hex(&bytes),
+                    stamp: stamp.clone(),
+                }
+            );
+            // Other bytes at the key: another stamp.
+            blobs
+                .object_store()
+                .put(&Path::from("k/b"), b"other".to_vec().into())
+                .await
+                .unwrap();
+            assert_ne!(blobs.stamp("k/b").await.unwrap().unwrap(), stamp);
+        }
     }
 
     #[test]

@@ -209,7 +209,7 @@ pub async fn read_inline(
 
 /// The source as a stream of bounded chunks: a local file in [`FILE_CHUNK`]s read on the
 /// blocking pool, anything else as the backend streams it.
-fn chunks(source: GetResult) -> BoxStream<'static, object_store::Result<Bytes>> {
+pub(crate) fn chunks(source: GetResult) -> BoxStream<'static, object_store::Result<Bytes>> {
     let GetResultPayload::File(file, path) = source.payload else {
         return source.into_stream();
     };

@@ -57,6 +57,18 @@ pub struct BlobManifest {
     pub mime_type: Option<String>,
 }
 
+impl BlobManifest {
+    /// The SHA-256 the content hash names, lower-case, if it names one: 64 hex digits,
+    /// optionally after `sha256:` (as sync-blobs' `expected_sha256`). Any other form is
+    /// opaque and its blob is accepted unverified.
+    pub fn sha256(&self) -> Option<String> {
+        let hash = &self.content_hash;
+        let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| hex.to_ascii_lowercase())
+    }
+}
+
 /// Where a file-backed item stands on one side. Derived, never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

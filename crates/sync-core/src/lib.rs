@@ -18,8 +18,8 @@ pub use item::{BlobManifest, Item, ItemKey, Residency};
 pub use local::ChannelData;
 pub use namespace::{row_key, AppNamespace, MissingKey, NamespaceError, TableSpec};
 pub use ports::{
-    inline_unsupported, AppRowStore, Applied, BlobStore, BlobTransfer, ChannelState,
-    ExchangeTransport, RecordStore, SyncStateStore, TimeSource, Transferred,
+    inline_unsupported, AppRowStore, Applied, BlobDigest, BlobStamp, BlobStore, BlobTransfer,
+    ChannelState, ExchangeTransport, RecordStore, SyncStateStore, TimeSource, Transferred,
 };
 pub use prefix::PrefixLedger;
 pub use responder::{Responder, ResponderConfig, ResponderParts};

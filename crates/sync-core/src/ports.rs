@@ -145,6 +145,56 @@ pub trait BlobStore: Send + Sync {
         let _ = bytes;
         Err(inline_unsupported(&manifest.key))
     }
+
+    /// One metadata read (a HEAD): the stamp of the blob at `key`, `None` when absent. The
+    /// responder keeps the stamps of blobs it verified, to verify each blob once (decision
+    /// 0030). The default answers from [`contains`](Self::contains) with no ETag, so
+    /// nothing is remembered and every check reads the blob again.
+    async fn stamp(&self, key: &str) -> Result<Option<BlobStamp>, BlobError> {
+        Ok(self.contains(key).await?.then(BlobStamp::default))
+    }
+
+    /// Reads the whole blob at `key` and hashes it, streaming (never the whole blob in
+    /// memory). The default is [`BlobDigest::Unsupported`]: such a store's blobs are accepted
+    /// on presence.
+    async fn digest(&self, key: &str) -> Result<BlobDigest, BlobError> {
+        let _ = key;
+        Ok(BlobDigest::Unsupported)
+    }
+}
+
+/// What a metadata read tells of a stored blob: enough to notice it was replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct BlobStamp {
+    /// Size in bytes (0 when the store does not say).
+    pub size: u64,
+    /// The store's entity tag; `None` when it has none (then nothing is remembered).
+    pub e_tag: Option<String>,
+}
+
+impl BlobStamp {
+    /// A stamp of `size` bytes with an optional ETag.
+    pub fn new(size: u64, e_tag: Option<String>) -> Self {
+        Self { size, e_tag }
+    }
+}
+
+/// The outcome of [`BlobStore::digest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BlobDigest {
+    /// No blob at the key.
+    Absent,
+    /// This store does not read blobs back to check them.
+    Unsupported,
+    /// The blob was read completely.
+    Sha256 {
+        /// Its SHA-256, lower-case hex.
+        hex: String,
+        /// The stamp of the bytes that were read (from the same read, not a second HEAD).
+        stamp: BlobStamp,
+    },
 }
 
 /// The error of an inline operation on a store or transfer that does not support them.

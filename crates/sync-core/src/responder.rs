@@ -1,8 +1,8 @@
 //! The responder (SPEC §5): applies what a requester ships and answers with what it lacks.
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
 };
 
 use async_trait::async_trait;
@@ -15,9 +15,14 @@ const INLINE_IO: usize = 16;
 use crate::{
     local::{channel_violation, union},
     round::lock,
-    BlobManifest, BlobStore, ChannelData, CutOrder, Error, ExchangeError, ExchangeTransport, Item,
-    PrefixLedger, SharedClock, TimeSource,
+    BlobDigest, BlobManifest, BlobStamp, BlobStore, ChannelData, CutOrder, Error, ExchangeError,
+    ExchangeTransport, Item, PrefixLedger, SharedClock, TimeSource, Transferred,
 };
+
+fn lock_verified(cache: &Mutex<VerifiedBlobs>) -> std::sync::MutexGuard<'_, VerifiedBlobs> {
+    // Plain map updates: a poisoned lock leaves nothing half-done.
+    cache.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Options of a responder.
 #[derive(Debug, Clone)]
@@ -41,6 +46,10 @@ pub struct ResponderConfig {
     /// one exchange open past the requester's timeout (as 100 nodes against a shared S3
     /// bucket did), where separate `/files` requests each stay short.
     pub inline_time_budget_ms: u64,
+    /// Most blobs remembered as verified, by key and stamp (default 10,000): a blob named
+    /// by a SHA-256 content hash is read and hashed before its item is accepted, once per
+    /// stored version of the blob while it is remembered (decision 0030).
+    pub verified_blob_cache: usize,
 }
 
 impl Default for ResponderConfig {
@@ -52,6 +61,7 @@ impl Default for ResponderConfig {
             inline_blob_limit: 64 * 1024,
             inline_budget: 8 * 1024 * 1024,
             inline_time_budget_ms: 2000,
+            verified_blob_cache: 10_000,
         }
     }
 }
@@ -83,6 +93,11 @@ impl ResponderConfig {
         self.inline_time_budget_ms = ms;
         self
     }
+    /// Sets how many verified blobs are remembered (0: every check reads the blob).
+    pub fn with_verified_blob_cache(mut self, entries: usize) -> Self {
+        self.verified_blob_cache = entries;
+        self
+    }
 }
 
 /// The parts a responder is made of.
@@ -100,16 +115,103 @@ pub struct ResponderParts {
     pub config: ResponderConfig,
 }
 
-/// Answers exchange requests for one channel. Cheap to clone.
+/// Answers exchange requests for one channel. Cheap to clone (clones share the memory of
+/// verified blobs).
 #[derive(Clone)]
 pub struct Responder {
     parts: ResponderParts,
+    verified: Arc<Mutex<VerifiedBlobs>>,
+}
+
+/// Blobs read and found to match a SHA-256, by key: the hash and the stamp of the bytes
+/// read. Bounded; the oldest entry goes first. Only stamps with an ETag are kept, since a
+/// size alone does not tell a replaced blob from the one that was read.
+#[derive(Default)]
+struct VerifiedBlobs {
+    by_key: HashMap<String, (String, BlobStamp)>,
+    order: VecDeque<String>,
+}
+
+impl VerifiedBlobs {
+    fn holds(&self, key: &str, sha256: &str, stamp: &BlobStamp) -> bool {
+        stamp.e_tag.is_some()
+            && self
+                .by_key
+                .get(key)
+                .is_some_and(|(h, s)| h == sha256 && s == stamp)
+    }
+
+    fn remember(&mut self, key: &str, sha256: String, stamp: BlobStamp, capacity: usize) {
+        if stamp.e_tag.is_none() || capacity == 0 {
+            return;
+        }
+        if self
+            .by_key
+            .insert(key.to_string(), (sha256, stamp))
+            .is_none()
+        {
+            self.order.push_back(key.to_string());
+        }
+        while self.order.len() > capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+    }
 }
 
 impl Responder {
     /// A responder over the given parts.
     pub fn new(parts: ResponderParts) -> Self {
-        Self { parts }
+        Self {
+            parts,
+            verified: Arc::default(),
+        }
+    }
+
+    /// Whether the stored blob of an item may be accepted: present, and when the content
+    /// hash names a SHA-256, holding those bytes (decision 0030). A blob verified before
+    /// and unchanged since (same ETag and size) is not read again. `Err` is the refusal.
+    async fn check_stored_blob(&self, manifest: &BlobManifest) -> Result<(), String> {
+        let blobs = &self.parts.blobs;
+        let key = &manifest.key;
+        let missing = || {
+            format!("blob {key} is not in the responder's storage; upload it before its metadata")
+        };
+        let cannot = |e: crate::BlobError| format!("cannot check blob {key}: {e}");
+        let Some(expected) = manifest.sha256() else {
+            // An opaque content hash: presence is all that can be checked.
+            return match blobs.contains(key).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(missing()),
+                Err(e) => Err(cannot(e)),
+            };
+        };
+        let stamp = blobs
+            .stamp(key)
+            .await
+            .map_err(cannot)?
+            .ok_or_else(missing)?;
+        if lock_verified(&self.verified).holds(key, &expected, &stamp) {
+            return Ok(());
+        }
+        match blobs.digest(key).await.map_err(cannot)? {
+            BlobDigest::Absent => Err(missing()),
+            BlobDigest::Unsupported => Ok(()),
+            BlobDigest::Sha256 { hex, stamp } if hex == expected => {
+                lock_verified(&self.verified).remember(
+                    key,
+                    hex,
+                    stamp,
+                    self.parts.config.verified_blob_cache,
+                );
+                Ok(())
+            }
+            BlobDigest::Sha256 { hex, .. } => Err(format!(
+                "blob {key} does not match its content hash (expected {expected}, the stored \
+                 bytes hash to {hex}); upload the right bytes and ship the item again"
+            )),
+        }
     }
 
     /// The options in force.
@@ -209,7 +311,7 @@ impl Responder {
             .filter_map(|m| inline_in.remove(&m.key).map(|bytes| (m, bytes)))
             .collect();
         let blobs = p.blobs.clone();
-        let inline_landed: HashMap<String, Result<(), String>> = stream::iter(candidates)
+        let inline_landed: HashMap<String, Result<Transferred, String>> = stream::iter(candidates)
             .map(|(manifest, bytes)| {
                 let blobs = blobs.clone();
                 let prefix = channel.key_prefix();
@@ -233,7 +335,6 @@ impl Responder {
                         blobs
                             .write_inline(&manifest, bytes)
                             .await
-                            .map(|_| ())
                             .map_err(|e| format!("inline blob refused: {e}"))
                     };
                     (manifest.key, landed)
@@ -253,16 +354,14 @@ impl Responder {
             } else if let Err(reason) = p.data.key_of(&scope, item) {
                 Some(reason)
             } else if let Some(manifest) = item.blob(files) {
-                if let Some(landed) = inline_landed.get(&manifest.key) {
-                    landed.clone().err()
-                } else {
-                    match p.blobs.contains(&manifest.key).await {
-                        Ok(true) => None,
-                        Ok(false) => Some(format!(
-                        "blob {} is not in the responder's storage; upload it before its metadata",
-                        manifest.key
-                    )),
-                        Err(e) => Some(format!("cannot check blob {}: {e}", manifest.key)),
+                match inline_landed.get(&manifest.key) {
+                    // Verified on arrival, before it was stored: not read again.
+                    Some(Ok(Transferred::Copied { .. })) => None,
+                    Some(Err(reason)) => Some(reason.clone()),
+                    // Absent from the request, or already stored (those bytes were not
+                    // checked): the stored blob is.
+                    Some(Ok(Transferred::AlreadyPresent)) | None => {
+                        self.check_stored_blob(&manifest).await.err()
                     }
                 }
             } else {

@@ -11,9 +11,9 @@ use std::{
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use sync_core::{
-    row_key, AppNamespace, AppRowStore, Applied, BlobError, BlobManifest, BlobStore, BlobTransfer,
-    Channel, ChannelState, ExchangeError, ExchangeTransport, RecordStore, StoreError,
-    SyncStateStore, TimeSource, Transferred,
+    row_key, AppNamespace, AppRowStore, Applied, BlobDigest, BlobError, BlobManifest, BlobStamp,
+    BlobStore, BlobTransfer, Channel, ChannelState, ExchangeError, ExchangeTransport, RecordStore,
+    StoreError, SyncStateStore, TimeSource, Transferred,
 };
 use sync_hlc::{ClockState, Hlc, NodeId, Watermarks};
 use sync_protocol::{AppRow, ExchangeRequest, ExchangeResponse, RowOp, SharedRecord};
@@ -581,6 +581,7 @@ pub struct MemoryBlobs {
     faults: Arc<Faults>,
     puts: AtomicU64,
     inline_limit: AtomicU64,
+    digests: AtomicU64,
 }
 
 impl MemoryBlobs {
@@ -600,6 +601,11 @@ impl MemoryBlobs {
     /// The bytes at `key`.
     pub fn bytes(&self, key: &str) -> Option<Vec<u8>> {
         guard(&self.objects).get(key).cloned()
+    }
+
+    /// How many times a blob was read back whole to hash it ([`BlobStore::digest`]).
+    pub fn digests(&self) -> u64 {
+        self.digests.load(Ordering::Relaxed)
     }
 
     /// Whether `key` is present.
@@ -696,6 +702,26 @@ impl BlobStore for MemoryBlobs {
         bytes: Vec<u8>,
     ) -> Result<Transferred, BlobError> {
         self.land(manifest, bytes)
+    }
+
+    // The ETag of an in-memory blob is the hash of its bytes (as S3's is an MD5 of a
+    // single-part object): cheap here, and it changes whenever the bytes do.
+    async fn stamp(&self, key: &str) -> Result<Option<BlobStamp>, BlobError> {
+        Ok(self
+            .bytes(key)
+            .map(|b| BlobStamp::new(b.len() as u64, Some(sha256_hex(&b)))))
+    }
+
+    async fn digest(&self, key: &str) -> Result<BlobDigest, BlobError> {
+        self.digests.fetch_add(1, Ordering::Relaxed);
+        Ok(match self.get(key) {
+            Ok(b) => BlobDigest::Sha256 {
+                hex: sha256_hex(&b),
+                stamp: BlobStamp::new(b.len() as u64, Some(sha256_hex(&b))),
+            },
+            Err(BlobError::NotFound { .. }) => BlobDigest::Absent,
+            Err(e) => return Err(e),
+        })
     }
 }
 

@@ -546,3 +546,127 @@ fn nq_channel_violations_are_refused() {
     );
     assert!(p.cloud.rows.all(TEST_APP).is_empty());
 }
+
+// Decision 0030: a blob named by a SHA-256 content hash is verified before its item is
+// accepted, once per stored version of the blob.
+
+fn ship(r: &Responder, records: Vec<sync_protocol::SharedRecord>) -> ExchangeResponse {
+    block_on(r.respond(ExchangeRequest {
+        records,
+        ..ExchangeRequest::default()
+    }))
+    .unwrap()
+}
+
+#[test]
+fn hv01_a_correct_blob_is_read_once_across_requests() {
+    let p = Pair::drive();
+    let r1 = p.local.make_record("r1", Some(b"the bytes"));
+    p.cloud.blobs.insert(&r1.object_storage_key, b"the bytes");
+    let responder = responder(&p);
+    let resp = ship(&responder, vec![r1.clone()]);
+    assert!(resp.refusals.is_empty(), "{:?}", resp.refusals);
+    assert_eq!(p.cloud.blobs.digests(), 1);
+    // A repeat, through a clone (as the server shares one responder per channel), and
+    // another record naming the same blob: no read.
+    let mut r2 = p.local.make_record("r2", None);
+    r2.object_storage_key = r1.object_storage_key.clone();
+    r2.content_hash = r1.content_hash.clone();
+    let resp = ship(&responder.clone(), vec![r1.clone(), r2.clone()]);
+    assert!(resp.refusals.is_empty(), "{:?}", resp.refusals);
+    assert_eq!(p.cloud.blobs.digests(), 1, "read once");
+    assert_eq!(p.cloud.record("r2").unwrap(), r2);
+    // Replaced by other bytes: read again, and refused.
+    p.cloud.blobs.insert(&r1.object_storage_key, b"other bytes");
+    let mut r3 = p.local.make_record("r2", None);
+    r3.object_storage_key = r1.object_storage_key.clone();
+    r3.content_hash = r1.content_hash.clone();
+    let resp = ship(&responder, vec![r3.clone()]);
+    assert_eq!(p.cloud.blobs.digests(), 2);
+    assert_eq!(resp.halted_authors, vec![NodeId::new("local").unwrap()]);
+    assert_eq!(p.cloud.record("r2").unwrap(), r2, "nothing applied");
+    // A responder that remembers nothing reads every time.
+    let forgetful = p.cloud.responder(
+        &p.channel,
+        ResponderConfig::default().with_verified_blob_cache(0),
+    );
+    p.cloud.blobs.insert(&r1.object_storage_key, b"the bytes");
+    for _ in 0..2 {
+        let resp = ship(&forgetful, vec![r1.clone()]);
+        assert!(resp.refusals.is_empty(), "{:?}", resp.refusals);
+    }
+    assert_eq!(p.cloud.blobs.digests(), 4);
+}
+
+#[test]
+fn hv02_a_blob_with_other_bytes_halts_its_origin_and_nothing_applies() {
+    let p = Pair::drive();
+    let r1 = p.local.make_record("r1", Some(b"the real bytes"));
+    let later = p.local.make_record("r2", None);
+    p.cloud.blobs.insert(&r1.object_storage_key, b"other bytes");
+    let resp = ship(&responder(&p), vec![later, r1.clone()]);
+    assert_eq!(resp.halted_authors, vec![NodeId::new("local").unwrap()]);
+    assert_eq!(resp.refusals.len(), 1);
+    assert_eq!(resp.refusals[0].at, r1.updated_at);
+    let reason = &resp.refusals[0].reason;
+    assert!(
+        reason.contains("does not match its content hash") && reason.contains(&r1.content_hash),
+        "{reason}"
+    );
+    assert!(p.cloud.records.all().is_empty());
+    assert_eq!(resp.responder_watermarks.get("local"), None);
+
+    // An opaque content hash cannot be checked: accepted on presence, never read.
+    let mut opaque = p.local.make_record("r3", Some(b"anything"));
+    opaque.content_hash = "md5:0123".into();
+    p.cloud
+        .blobs
+        .insert(&opaque.object_storage_key, b"something else");
+    let resp = ship(&responder(&p), vec![opaque.clone()]);
+    assert!(resp.refusals.is_empty(), "{:?}", resp.refusals);
+    assert_eq!(p.cloud.record("r3").unwrap(), opaque);
+    assert_eq!(
+        p.cloud.blobs.digests(),
+        1,
+        "only the mismatching blob was read"
+    );
+}
+
+#[test]
+fn hv03_an_inline_blob_is_verified_on_arrival_and_not_read_again() {
+    let p = Pair::drive();
+    p.cloud.blobs.set_inline_limit(64 * 1024);
+    let r1 = p.local.make_record("r1", Some(b"small bytes"));
+    let inline = sync_protocol::InlineBlob {
+        key: r1.object_storage_key.clone(),
+        bytes: b"small bytes".to_vec(),
+    };
+    let resp = block_on(responder(&p).respond(ExchangeRequest {
+        records: vec![r1.clone()],
+        inline_blobs: vec![inline.clone()],
+        ..ExchangeRequest::default()
+    }))
+    .unwrap();
+    assert!(resp.refusals.is_empty(), "{:?}", resp.refusals);
+    assert_eq!(
+        p.cloud.blobs.bytes(&r1.object_storage_key).unwrap(),
+        b"small bytes"
+    );
+    assert_eq!(p.cloud.blobs.digests(), 0);
+    // Inline bytes for a key already stored with other bytes: the stored blob is what
+    // devices would pull, so it is the one checked.
+    let r2 = p.local.make_record("r2", Some(b"more bytes"));
+    p.cloud.blobs.insert(&r2.object_storage_key, b"wrong");
+    let resp = block_on(responder(&p).respond(ExchangeRequest {
+        records: vec![r2.clone()],
+        inline_blobs: vec![sync_protocol::InlineBlob {
+            key: r2.object_storage_key.clone(),
+            bytes: b"more bytes".to_vec(),
+        }],
+        ..ExchangeRequest::default()
+    }))
+    .unwrap();
+    assert_eq!(resp.refusals.len(), 1, "{:?}", resp.refusals);
+    assert!(resp.refusals[0].reason.contains("does not match"));
+    assert_eq!(p.cloud.record("r2"), None);
+}

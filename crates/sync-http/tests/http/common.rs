@@ -17,9 +17,10 @@ use hyper_util::{
 use object_store::{memory::InMemory, path::Path, ObjectStore, ObjectStoreExt};
 use serde_json::json;
 use sync_core::{
-    AppNamespace, AppRowStore, BlobError, BlobManifest, BlobStore, BlobTransfer, Channel,
-    ChannelData, ExchangeTransport, RecordStore, Requester, RequesterParts, Responder,
-    ResponderConfig, ResponderParts, RoundConfig, SharedClock, TableSpec, TimeSource, Transferred,
+    AppNamespace, AppRowStore, BlobDigest, BlobError, BlobManifest, BlobStamp, BlobStore,
+    BlobTransfer, Channel, ChannelData, ExchangeTransport, RecordStore, Requester, RequesterParts,
+    Responder, ResponderConfig, ResponderParts, RoundConfig, SharedClock, TableSpec, TimeSource,
+    Transferred,
 };
 use sync_hlc::{Clock, ClockConfig, Hlc, NodeId};
 use sync_http::{serve, Auth, HttpClient, HttpObjectStore, Scope, SyncService, SyncServiceBuilder};
@@ -63,25 +64,51 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// The responder's `BlobStore` port over the server's object store (a `HEAD`).
+/// The responder's `BlobStore` port over the server's object store (a `HEAD`, and a read
+/// to verify a blob against its SHA-256).
 pub struct StoreBlobs(pub Arc<dyn ObjectStore>);
+
+fn store_path(key: &str) -> Result<Path, BlobError> {
+    Path::parse(key).map_err(|e| BlobError::InvalidKey {
+        key: key.into(),
+        reason: e.to_string(),
+    })
+}
+
+fn store_error(key: &str, e: object_store::Error) -> BlobError {
+    BlobError::Transient {
+        key: key.into(),
+        message: e.to_string(),
+        source: Some(Box::new(e)),
+    }
+}
 
 #[async_trait]
 impl BlobStore for StoreBlobs {
     async fn contains(&self, key: &str) -> Result<bool, BlobError> {
-        let path = Path::parse(key).map_err(|e| BlobError::InvalidKey {
-            key: key.into(),
-            reason: e.to_string(),
-        })?;
-        match self.0.head(&path).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(BlobError::Transient {
-                key: key.into(),
-                message: e.to_string(),
-                source: Some(Box::new(e)),
-            }),
+        Ok(self.stamp(key).await?.is_some())
+    }
+
+    async fn stamp(&self, key: &str) -> Result<Option<BlobStamp>, BlobError> {
+        match self.0.head(&store_path(key)?).await {
+            Ok(meta) => Ok(Some(BlobStamp::new(meta.size, meta.e_tag))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error(key, e)),
         }
+    }
+
+    async fn digest(&self, key: &str) -> Result<BlobDigest, BlobError> {
+        let found = match self.0.get(&store_path(key)?).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(BlobDigest::Absent),
+            Err(e) => return Err(store_error(key, e)),
+        };
+        let stamp = BlobStamp::new(found.meta.size, found.meta.e_tag.clone());
+        let bytes = found.bytes().await.map_err(|e| store_error(key, e))?;
+        Ok(BlobDigest::Sha256 {
+            hex: sha256_hex(&bytes),
+            stamp,
+        })
     }
 }
 

@@ -418,8 +418,6 @@ async fn a_record_whose_blob_is_missing_is_refused_and_halts_only_its_origin() {
 }
 
 #[tokio::test]
-#[ignore = "decision 0030: the responder checks only that an uploaded blob is present; \
-            verifying its bytes against contentHash needs a sync-core/sync-blobs change"]
 async fn a_record_whose_uploaded_blob_does_not_match_its_hash_is_refused() {
     let (cloud, s) = server().await;
     let claimed = sha256_hex(b"the real bytes");
@@ -439,10 +437,40 @@ async fn a_record_whose_uploaded_blob_does_not_match_its_hash_is_refused() {
     let body = encode(Codec::Json, &drive_request(vec![r]));
     let resp = decode_response(
         Codec::Json,
-        &post(&s.base, EXCHANGE, Codec::Json, body).await,
+        &post(&s.base, EXCHANGE, Codec::Json, body.clone()).await,
     );
     assert_eq!(resp.halted_authors, vec![NodeId::new("dev-a").unwrap()]);
+    assert_eq!(resp.refusals.len(), 1, "{:?}", resp.refusals);
+    assert!(
+        resp.refusals[0]
+            .reason
+            .contains("does not match its content hash"),
+        "{:?}",
+        resp.refusals
+    );
+    assert_eq!(resp.responder_watermarks.get("dev-a"), None);
     assert_eq!(cloud.snapshot().await, before);
+
+    // The right bytes uploaded over the wrong ones: the same item is accepted (the blob
+    // changed, so what was read before does not stand for it).
+    let put = raw(
+        &s.base,
+        Method::PUT,
+        &format!("/files/{key}"),
+        &[("authorization", "Bearer token-all")],
+        "the real bytes",
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK);
+    let resp = decode_response(
+        Codec::Json,
+        &post(&s.base, EXCHANGE, Codec::Json, body).await,
+    );
+    assert!(resp.refusals.is_empty(), "{:?}", resp.refusals);
+    assert_eq!(
+        resp.responder_watermarks.get("dev-a"),
+        Some(&hlc(wall, "dev-a"))
+    );
 }
 
 #[tokio::test]

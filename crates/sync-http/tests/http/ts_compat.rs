@@ -60,19 +60,23 @@ async fn typescript_request_is_answered_in_the_typescript_shape() {
     // pass the skew guard whatever today's date is.
     let cloud = Cloud::new(sync_testkit::memory::ManualTime::new(1_795_599_940_000, 1)).await;
     let server = TestServer::start(builder(&cloud).build().unwrap()).await;
-    let fixture: Value = serde_json::from_str(FIXTURE).unwrap();
+    let mut fixture: Value = serde_json::from_str(FIXTURE).unwrap();
     let auth = ("authorization", "Bearer token-all");
     let json = ("content-type", "application/json");
 
-    // The blobs the records name are uploaded first, as the TypeScript client does.
-    for r in fixture["records"].as_array().unwrap() {
+    // The blobs the records name are uploaded first, as the TypeScript client does. The
+    // sample's bytes are not in the fixture, so its SHA-256 content hashes are replaced by
+    // the hash of the bytes uploaded here (the responder verifies them, decision 0030).
+    let bytes = vec![7u8; 256];
+    for r in fixture["records"].as_array_mut().unwrap() {
+        r["contentHash"] = Value::String(sync_testkit::memory::sha256_hex(&bytes));
         let key = r["objectStorageKey"].as_str().unwrap();
         let put = raw(
             &server.base,
             Method::PUT,
             &format!("/files/{key}"),
             &[auth, ("content-type", "image/jpeg")],
-            vec![7u8; 256],
+            bytes.clone(),
         )
         .await;
         assert_eq!(put.status, StatusCode::OK);
