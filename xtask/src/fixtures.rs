@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use similar::TextDiff;
 use sync_protocol::{
-    AppRow, Codec, ExchangeRequest, ExchangeResponse, FileRecordRow, Hlc, InlineBlob, NodeId,
-    Refusal, RowOp, RowValues, SharedRecord, Watermarks, PROTOCOL_VERSION, RESERVED_TABLE,
+    refusal_code, AppRow, Codec, ExchangeRequest, ExchangeResponse, FileRecordRow, Hlc, InlineBlob,
+    NodeId, Refusal, RowOp, RowValues, SharedRecord, Watermarks, PROTOCOL_VERSION, RESERVED_TABLE,
 };
 
 /// Prefix of the hand-copied TypeScript samples, which the generator does not own.
@@ -399,6 +399,7 @@ fn response_extensions() -> ExchangeResponse {
             reason: "blob apps/photos/syncable/01M891FM07QK3T9V0WZ5N2B8XA was not uploaded: \
                      PUT it, then retry the round"
                 .into(),
+            code: Some(refusal_code::BLOB_MISSING.into()),
         }],
         protocol_version: Some(PROTOCOL_VERSION),
         ..ExchangeResponse::default()

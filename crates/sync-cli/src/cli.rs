@@ -857,10 +857,13 @@ fn print_counters(m: &sync_engine::ChannelMetrics, now: u64) {
     }
     for h in &m.halted_by_peer {
         println!(
-            "  halted by the server: node {}{}{}",
+            "  halted by the server: node {}{}{}{}",
             h.node,
             h.at.as_deref()
                 .map_or_else(String::new, |a| format!(" at {a}")),
+            h.code
+                .as_deref()
+                .map_or_else(String::new, |c| format!(" [{c}]")),
             h.reason
                 .as_deref()
                 .map_or_else(String::new, |r| format!(": {r}"))

@@ -126,6 +126,15 @@ pub enum ExchangeError {
     /// Missing or bad credentials, or outside the caller's scope (HTTP 401/403).
     #[error("not authorized: {0}")]
     Unauthorized(String),
+    /// The responder refused the request as a whole, for a reason with a stable code
+    /// (`sync_protocol::error_code`: a channel violation, a channel not configured; HTTP 400).
+    #[error("request refused: {message}")]
+    Refused {
+        /// The stable code.
+        code: &'static str,
+        /// Why, for a person.
+        message: String,
+    },
     /// The response does not follow the protocol (missing field, bad HLC, wrong channel).
     #[error("malformed response: {0}")]
     MalformedResponse(String),

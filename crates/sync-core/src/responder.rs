@@ -8,7 +8,10 @@ use std::{
 use async_trait::async_trait;
 use futures_util::{future, stream, StreamExt};
 use sync_hlc::{Hlc, Watermarks};
-use sync_protocol::{ExchangeRequest, ExchangeResponse, InlineBlob, Refusal, PROTOCOL_VERSION};
+use sync_protocol::{
+    error_code, refusal_code, ExchangeRequest, ExchangeResponse, InlineBlob, Refusal,
+    PROTOCOL_VERSION,
+};
 
 /// Inline blob reads or writes in flight at once.
 const INLINE_IO: usize = 16;
@@ -172,14 +175,24 @@ impl Responder {
 
     /// Whether the stored blob of an item may be accepted: present, and when the content
     /// hash names a SHA-256, holding those bytes (decision 0030). A blob verified before
-    /// and unchanged since (same ETag and size) is not read again. `Err` is the refusal.
-    async fn check_stored_blob(&self, manifest: &BlobManifest) -> Result<(), String> {
+    /// and unchanged since (same ETag and size) is not read again. `Err` is the refusal,
+    /// with its code.
+    async fn check_stored_blob(
+        &self,
+        manifest: &BlobManifest,
+    ) -> Result<(), (&'static str, String)> {
         let blobs = &self.parts.blobs;
         let key = &manifest.key;
         let missing = || {
-            format!("blob {key} is not in the responder's storage; upload it before its metadata")
+            let reason = format!(
+                "blob {key} is not in the responder's storage; upload it before its metadata"
+            );
+            (refusal_code::BLOB_MISSING, reason)
         };
-        let cannot = |e: crate::BlobError| format!("cannot check blob {key}: {e}");
+        let cannot = |e: crate::BlobError| {
+            let reason = format!("cannot check blob {key}: {e}");
+            (refusal_code::BLOB_CHECK_FAILED, reason)
+        };
         let Some(expected) = manifest.sha256() else {
             // An opaque content hash: presence is all that can be checked.
             return match blobs.contains(key).await {
@@ -208,9 +221,12 @@ impl Responder {
                 );
                 Ok(())
             }
-            BlobDigest::Sha256 { hex, .. } => Err(format!(
-                "blob {key} does not match its content hash (expected {expected}, the stored \
-                 bytes hash to {hex}); upload the right bytes and ship the item again"
+            BlobDigest::Sha256 { hex, .. } => Err((
+                refusal_code::BLOB_MISMATCH,
+                format!(
+                    "blob {key} does not match its content hash (expected {expected}, the \
+                     stored bytes hash to {hex}); upload the right bytes and ship the item again"
+                ),
             )),
         }
     }
@@ -238,7 +254,10 @@ impl Responder {
                 .min(p.config.max_limit),
         };
         let scope = p.data.scope().await.map_err(|e| match e {
-            Error::Config { reason, .. } => ExchangeError::BadRequest(reason),
+            Error::Config { reason, .. } => ExchangeError::Refused {
+                code: error_code::CHANNEL_NOT_CONFIGURED,
+                message: reason,
+            },
             other => ExchangeError::Fatal {
                 message: other.to_string(),
                 source: Some(Box::new(other)),
@@ -260,7 +279,10 @@ impl Responder {
             .chain(request.app_syncable_rows.into_iter().map(Item::Row))
             .collect();
         if let Some(violation) = inbound.iter().find_map(|i| channel_violation(&channel, i)) {
-            return Err(ExchangeError::BadRequest(violation));
+            return Err(ExchangeError::Refused {
+                code: error_code::CHANNEL_VIOLATION,
+                message: violation,
+            });
         }
 
         // 2. Apply per origin node in version order. A skewed item, an unknown table, a
@@ -291,15 +313,16 @@ impl Responder {
                 };
                 if ledger.first_failure(item.origin()).is_none() && !before.covers(assumed) {
                     ledger.failed(item.hlc());
-                    refusals.push(Refusal {
-                        at: item.hlc().clone(),
-                        reason: format!(
+                    refusals.push(Refusal::new(
+                        item.hlc().clone(),
+                        refusal_code::COVERAGE_GAP,
+                        format!(
                             "coverage gap: this responder holds node {} only up to {:?}, but the \
                              page was cut above {assumed}; ship again from the reported coverage",
                             item.origin(),
                             before.get(item.origin().as_str()),
                         ),
-                    });
+                    ));
                 }
             }
         }
@@ -394,16 +417,22 @@ impl Responder {
             }
             let skew = lock(&p.clock).check_skew(item.hlc(), now);
             let refused = if let Err(skew) = skew {
-                Some(skew.to_string())
+                Some((refusal_code::SKEW, skew.to_string()))
             } else if let Err(reason) = p.data.key_of(&scope, item) {
-                Some(reason)
+                let code = match (item, &scope.namespace) {
+                    (Item::Row(r), Some(ns)) if ns.table(&r.table).is_some() => {
+                        refusal_code::MISSING_KEY
+                    }
+                    _ => refusal_code::UNKNOWN_TABLE,
+                };
+                Some((code, reason))
             } else if let Some(reason) = below_coverage.get(item.hlc()) {
-                Some(reason.clone())
+                Some((refusal_code::BELOW_COVERAGE, reason.clone()))
             } else if let Some(manifest) = item.blob(files) {
                 match inline_landed.get(&manifest.key) {
                     // Verified on arrival, before it was stored: not read again.
                     Some(Ok(Transferred::Copied { .. })) => None,
-                    Some(Err(reason)) => Some(reason.clone()),
+                    Some(Err(reason)) => Some((refusal_code::INLINE_BLOB, reason.clone())),
                     // Absent from the request, or already stored (those bytes were not
                     // checked): the stored blob is.
                     Some(Ok(Transferred::AlreadyPresent)) | None => {
@@ -414,12 +443,9 @@ impl Responder {
                 None
             };
             match refused {
-                Some(reason) => {
+                Some((code, reason)) => {
                     ledger.failed(item.hlc());
-                    refusals.push(Refusal {
-                        at: item.hlc().clone(),
-                        reason,
-                    });
+                    refusals.push(Refusal::new(item.hlc().clone(), code, reason));
                 }
                 None => accepted.push(item),
             }
@@ -430,10 +456,11 @@ impl Responder {
                 Ok(_) => ledger.landed(item.hlc()),
                 Err(reason) => {
                     if ledger.in_prefix(item.hlc()) {
-                        refusals.push(Refusal {
-                            at: item.hlc().clone(),
-                            reason: format!("could not be stored: {reason}"),
-                        });
+                        refusals.push(Refusal::new(
+                            item.hlc().clone(),
+                            refusal_code::STORE_FAILED,
+                            format!("could not be stored: {reason}"),
+                        ));
                     }
                     ledger.failed(item.hlc());
                 }

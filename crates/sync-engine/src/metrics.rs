@@ -94,6 +94,10 @@ pub struct PeerHalt {
     pub at: Option<String>,
     /// The peer's reason, when it gave one.
     pub reason: Option<String>,
+    /// The peer's stable code for the reason (`sync_protocol::refusal_code`), when it gave
+    /// one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// An inbound item refused by the skew guard.
@@ -230,6 +234,7 @@ impl NodeMetrics {
                     node: node.to_string(),
                     at: refusal.map(|r| r.at.to_string()),
                     reason: refusal.map(|r| r.reason.clone()),
+                    code: refusal.and_then(|r| r.code.clone()),
                 }
             })
             .collect();

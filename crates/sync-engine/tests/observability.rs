@@ -106,6 +106,10 @@ async fn skew_refusals_halts_by_the_peer_and_failed_rounds_are_counted() {
         halt.reason.as_deref().unwrap().contains("ahead"),
         "{halt:?}"
     );
+    assert_eq!(halt.code.as_deref(), Some("skew"));
+    // The code is in the metrics JSON too.
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["channels"]["drive"]["haltedByPeer"][0]["code"], "skew");
     let kinds: Vec<(&str, &str)> = s
         .failing_items
         .iter()

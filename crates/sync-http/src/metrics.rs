@@ -118,8 +118,21 @@ fn status_class(status: Option<StatusCode>) -> &'static str {
     }
 }
 
-/// The reason label of a responder's refusal. The responder reports reasons as text (the
-/// protocol's `refusals[].reason`), so they are recognized by wording; anything new is
+/// The reason label of a responder's refusal: its `code` when it is one of
+/// `sync_protocol::refusal_code`'s (the label set stays bounded), else recognized by wording
+/// (a responder that sends no codes).
+pub(crate) fn refusal_label(refusal: &sync_protocol::Refusal) -> &'static str {
+    let known = refusal
+        .code
+        .as_deref()
+        .and_then(|c| sync_protocol::refusal_code::ALL.iter().find(|k| **k == c));
+    match known {
+        Some(code) => code,
+        None => refusal_reason(&refusal.reason),
+    }
+}
+
+/// The reason label of a refusal without a code, recognized by wording; anything new is
 /// `other` rather than mislabelled.
 pub(crate) fn refusal_reason(reason: &str) -> &'static str {
     if reason.contains("ahead of this node's clock") {
@@ -145,7 +158,7 @@ pub(crate) fn refusal_reason(reason: &str) -> &'static str {
 
 fn exchange_outcome(e: &ExchangeError) -> &'static str {
     match e {
-        ExchangeError::BadRequest(_) => "bad_request",
+        ExchangeError::BadRequest(_) | ExchangeError::Refused { .. } => "bad_request",
         ExchangeError::Unauthorized(_) => "unauthorized",
         e if e.is_transient() => "transient",
         _ => "failed",
@@ -301,8 +314,9 @@ impl ServerMetrics {
             &mut out,
             "starkeep_exchange_items_refused_total",
             "counter",
-            "Shipped items refused, by channel and reason (skew, blob_missing, inline_blob, \
-             blob_check_failed, coverage_gap, store_failed, not_accepted, other).",
+            "Shipped items refused, by channel and reason (the refusal's code: skew, \
+             coverage_gap, below_coverage, unknown_table, missing_key, blob_missing, \
+             blob_mismatch, blob_check_failed, inline_blob, store_failed; or other).",
             t.refused.iter().map(|((channel, reason), n)| {
                 (vec![("channel", channel.as_str()), ("reason", *reason)], *n)
             }),
@@ -387,7 +401,7 @@ impl ServerMetrics {
         items.has_more += u64::from(response.has_more);
         for r in &response.refusals {
             *t.refused
-                .entry((channel.to_string(), refusal_reason(&r.reason)))
+                .entry((channel.to_string(), refusal_label(r)))
                 .or_default() += 1;
         }
     }
@@ -704,6 +718,30 @@ mod tests {
             "not_accepted"
         );
         assert_eq!(refusal_reason("something new"), "other");
+    }
+
+    #[test]
+    fn refusal_labels_are_the_codes_when_known() {
+        let at = sync_protocol::Hlc::new(1, 0, sync_protocol::NodeId::new("n").unwrap()).unwrap();
+        let coded = |code: Option<&str>, reason: &str| sync_protocol::Refusal {
+            at: at.clone(),
+            reason: reason.into(),
+            code: code.map(str::to_string),
+        };
+        assert_eq!(
+            refusal_label(&coded(Some("below_coverage"), "anything")),
+            "below_coverage"
+        );
+        assert_eq!(
+            refusal_label(&coded(Some("blob_mismatch"), "")),
+            "blob_mismatch"
+        );
+        // Unknown codes do not make new labels; no code: the wording.
+        assert_eq!(
+            refusal_label(&coded(Some("made-up"), "coverage gap: x")),
+            "coverage_gap"
+        );
+        assert_eq!(refusal_label(&coded(None, "something new")), "other");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use object_store::{
 };
 use serde_json::json;
 use sync_core::{valid_app_id, Channel, ExchangeError, ExchangeTransport};
-use sync_protocol::{Codec, ExchangeRequest};
+use sync_protocol::{error_code, Codec, ExchangeRequest};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -407,14 +407,43 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Respo
     r
 }
 
+/// The stable code of an error body (`sync_protocol::error_code`) for a status.
+fn status_error_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => error_code::BAD_REQUEST,
+        401 => error_code::UNAUTHORIZED,
+        403 => error_code::FORBIDDEN,
+        404 => error_code::NOT_FOUND,
+        405 => error_code::METHOD_NOT_ALLOWED,
+        409 => error_code::CONFLICT,
+        412 => error_code::PRECONDITION_FAILED,
+        413 => error_code::TOO_LARGE,
+        415 => error_code::UNSUPPORTED_MEDIA_TYPE,
+        500 => error_code::INTERNAL,
+        501 => error_code::NOT_IMPLEMENTED,
+        503 => error_code::UNAVAILABLE,
+        _ => error_code::OTHER,
+    }
+}
+
+/// A JSON error body, `{"error": message, "code": ...}`, with the status's code.
 fn error_response(status: StatusCode, message: impl Into<String>) -> Response<ResponseBody> {
+    coded_error_response(status, status_error_code(status), message)
+}
+
+/// A JSON error body with a more specific code than the status's.
+fn coded_error_response(
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+) -> Response<ResponseBody> {
     let message = message.into();
     if status.is_server_error() {
         tracing::warn!(%status, %message, "request failed");
     } else {
         tracing::debug!(%status, %message, "request refused");
     }
-    let mut r = json_response(status, json!({ "error": message }));
+    let mut r = json_response(status, json!({ "error": message, "code": code }));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -452,6 +481,9 @@ fn exchange_failure(e: ExchangeError) -> Response<ResponseBody> {
     match e {
         ExchangeError::BadRequest(m) => error_response(StatusCode::BAD_REQUEST, m),
         ExchangeError::Unauthorized(m) => error_response(StatusCode::FORBIDDEN, m),
+        ExchangeError::Refused { code, message } => {
+            coded_error_response(StatusCode::BAD_REQUEST, code, message)
+        }
         e if e.is_transient() => {
             error_response(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry later"))
         }
@@ -770,8 +802,9 @@ impl Inner {
             Err(f) => return auth_failure(f),
         };
         let Some(responder) = self.provider.responder(&route.channel) else {
-            return error_response(
+            return coded_error_response(
                 StatusCode::NOT_FOUND,
+                error_code::UNKNOWN_APP,
                 match &route.channel {
                     Channel::App(app) => format!("unknown app {app}: it is not registered here"),
                     Channel::Drive => "the Drive channel is not served here".to_string(),

@@ -243,6 +243,98 @@ pub struct Refusal {
     pub at: Hlc,
     /// Why, with a hint to fix it.
     pub reason: String,
+    /// Extension: the reason as a stable machine-readable code, one of [`refusal_code`]'s
+    /// (absent from older responders; a reader treats an unknown code as "other").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal of the item at `at` with a code from [`refusal_code`].
+    pub fn new(at: Hlc, code: &str, reason: impl Into<String>) -> Self {
+        Self {
+            at,
+            reason: reason.into(),
+            code: Some(code.to_string()),
+        }
+    }
+}
+
+/// The stable codes of the `code` field of an HTTP error body (`{"error": ..., "code": ...}`),
+/// next to the human message. New codes may be added; their strings never change.
+pub mod error_code {
+    /// A malformed request (body, limit, key, header); the message names what.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// The request mixes channels (app rows on Drive, records or another app's rows on an
+    /// app channel).
+    pub const CHANNEL_VIOLATION: &str = "channel_violation";
+    /// The app channel is not served here (the app is not registered).
+    pub const UNKNOWN_APP: &str = "unknown_app";
+    /// The channel is served but not usable (its namespace cannot be read or is missing).
+    pub const CHANNEL_NOT_CONFIGURED: &str = "channel_not_configured";
+    /// Missing or bad credentials (401).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// Credentials outside their scope (403).
+    pub const FORBIDDEN: &str = "forbidden";
+    /// Nothing at this route or key (404).
+    pub const NOT_FOUND: &str = "not_found";
+    /// The method is not allowed on this route (405).
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    /// The key collides with another (409).
+    pub const CONFLICT: &str = "conflict";
+    /// A precondition failed (412).
+    pub const PRECONDITION_FAILED: &str = "precondition_failed";
+    /// The body is larger than allowed (413).
+    pub const TOO_LARGE: &str = "too_large";
+    /// The body's content type or encoding is not taken (415).
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    /// The storage cannot do this (501).
+    pub const NOT_IMPLEMENTED: &str = "not_implemented";
+    /// Busy, shutting down or a failing backend: retry later (503, with `Retry-After`).
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// A failure of the server (500).
+    pub const INTERNAL: &str = "internal";
+    /// Any other status.
+    pub const OTHER: &str = "other";
+}
+
+/// The stable codes of [`Refusal::code`]. New codes may be added; their strings never change.
+pub mod refusal_code {
+    /// The item's timestamp is too far ahead of the responder's clock.
+    pub const SKEW: &str = "skew";
+    /// The responder lost data since the page was cut (decision 0001): ship again from its
+    /// coverage report.
+    pub const COVERAGE_GAP: &str = "coverage_gap";
+    /// A new version below the responder's coverage of its origin, never held there.
+    pub const BELOW_COVERAGE: &str = "below_coverage";
+    /// The app row's table is not registered for the app.
+    pub const UNKNOWN_TABLE: &str = "unknown_table";
+    /// The app row lacks part of its primary key.
+    pub const MISSING_KEY: &str = "missing_key";
+    /// The item's blob is not in the responder's storage: upload it first.
+    pub const BLOB_MISSING: &str = "blob_missing";
+    /// The stored or inline blob does not hash to the item's SHA-256 content hash.
+    pub const BLOB_MISMATCH: &str = "blob_mismatch";
+    /// The responder could not check the blob (its storage failed); retry.
+    pub const BLOB_CHECK_FAILED: &str = "blob_check_failed";
+    /// An inline blob was refused (outside the channel's namespace, too large, not matching
+    /// the content hash, not stored): upload it to `/files` instead.
+    pub const INLINE_BLOB: &str = "inline_blob";
+    /// The responder's store failed to apply the item.
+    pub const STORE_FAILED: &str = "store_failed";
+    /// Every code above, for readers that bound what they accept (metrics labels).
+    pub const ALL: &[&str] = &[
+        SKEW,
+        COVERAGE_GAP,
+        BELOW_COVERAGE,
+        UNKNOWN_TABLE,
+        MISSING_KEY,
+        BLOB_MISSING,
+        BLOB_MISMATCH,
+        BLOB_CHECK_FAILED,
+        INLINE_BLOB,
+        STORE_FAILED,
+    ];
 }
 
 /// `POST {base}/sync/exchange` response body.

@@ -194,7 +194,11 @@ fn response() -> impl Strategy<Value = ExchangeResponse> {
                     halted_authors: halted,
                     refusals: refusals
                         .into_iter()
-                        .map(|(at, reason)| Refusal { at, reason })
+                        .map(|(at, reason)| Refusal {
+                            code: (reason.len() % 2 == 0).then(|| "skew".to_string()),
+                            at,
+                            reason,
+                        })
                         .collect(),
                     protocol_version: v,
                     accept_inline_blobs,

@@ -218,7 +218,16 @@ fn cs07_an_app_responder_refuses_shared_records() {
         ..ExchangeRequest::default()
     }))
     .unwrap_err();
-    assert!(matches!(err, ExchangeError::BadRequest(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            ExchangeError::Refused {
+                code: "channel_violation",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(p.cloud.records.all().is_empty());
     assert!(
         p.cloud.rows.all(TEST_APP).is_empty(),

@@ -309,6 +309,7 @@ fn rc03_an_unknown_table_halts_the_author() {
     assert_eq!(resp.responder_watermarks.get("local"), None);
     assert_eq!(resp.halted_authors, vec![p.local.node.clone()]);
     assert!(resp.refusals[0].reason.contains("not_registered"));
+    assert_eq!(resp.refusals[0].code.as_deref(), Some("unknown_table"));
 }
 
 #[test]
@@ -327,7 +328,7 @@ fn rc03_rc04_rows_outside_the_channel_are_refused_loudly() {
     )
     .unwrap_err();
     assert!(
-        matches!(err, ExchangeError::BadRequest(ref m) if m.contains("unknown-app")),
+        matches!(err, ExchangeError::Refused { code: "channel_violation", ref message } if message.contains("unknown-app")),
         "{err}"
     );
     assert!(p.cloud.rows.all(TEST_APP).is_empty());
@@ -345,7 +346,16 @@ fn rc03_rc04_rows_outside_the_channel_are_refused_loudly() {
         },
     )
     .unwrap_err();
-    assert!(matches!(err, ExchangeError::BadRequest(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            ExchangeError::Refused {
+                code: "channel_violation",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(p.cloud.records.all().is_empty() && p.cloud.rows.all(TEST_APP).is_empty());
 }
 
@@ -527,7 +537,7 @@ fn nq_channel_violations_are_refused() {
     )
     .unwrap_err();
     assert!(
-        matches!(err, ExchangeError::BadRequest(ref m) if m.contains("shared records")),
+        matches!(err, ExchangeError::Refused { code: "channel_violation", ref message } if message.contains("shared records")),
         "{err}"
     );
     // An app row on the Drive channel.
@@ -541,7 +551,7 @@ fn nq_channel_violations_are_refused() {
     )
     .unwrap_err();
     assert!(
-        matches!(err, ExchangeError::BadRequest(ref m) if m.contains("app rows")),
+        matches!(err, ExchangeError::Refused { code: "channel_violation", ref message } if message.contains("app rows")),
         "{err}"
     );
     assert!(p.cloud.rows.all(TEST_APP).is_empty());
@@ -608,6 +618,7 @@ fn hv02_a_blob_with_other_bytes_halts_its_origin_and_nothing_applies() {
     assert_eq!(resp.halted_authors, vec![NodeId::new("local").unwrap()]);
     assert_eq!(resp.refusals.len(), 1);
     assert_eq!(resp.refusals[0].at, r1.updated_at);
+    assert_eq!(resp.refusals[0].code.as_deref(), Some("blob_mismatch"));
     let reason = &resp.refusals[0].reason;
     assert!(
         reason.contains("does not match its content hash") && reason.contains(&r1.content_hash),
@@ -668,6 +679,7 @@ fn hv03_an_inline_blob_is_verified_on_arrival_and_not_read_again() {
     .unwrap();
     assert_eq!(resp.refusals.len(), 1, "{:?}", resp.refusals);
     assert!(resp.refusals[0].reason.contains("does not match"));
+    assert_eq!(resp.refusals[0].code.as_deref(), Some("blob_mismatch"));
     assert_eq!(p.cloud.record("r2"), None);
 }
 
@@ -697,6 +709,7 @@ fn hv04_a_new_record_version_below_coverage_is_refused_repeats_and_losers_pass()
     assert_eq!(resp.halted_authors, vec![NodeId::new("local").unwrap()]);
     assert_eq!(resp.refusals.len(), 1, "{:?}", resp.refusals);
     assert_eq!(resp.refusals[0].at, r2.updated_at);
+    assert_eq!(resp.refusals[0].code.as_deref(), Some("below_coverage"));
     let reason = &resp.refusals[0].reason;
     assert!(
         reason.contains("record forged") && reason.contains(&r3.updated_at.to_string()),
@@ -752,6 +765,7 @@ fn hv05_a_new_row_version_below_coverage_is_refused_in_any_table() {
     .unwrap();
     assert_eq!(resp.halted_authors, vec![NodeId::new("local").unwrap()]);
     assert_eq!(resp.refusals[0].at, w1.timestamp);
+    assert_eq!(resp.refusals[0].code.as_deref(), Some("below_coverage"));
     assert!(p.cloud.row(TEST_TABLE, "forged").is_none());
     assert_eq!(resp.responder_watermarks.get("local"), None);
     // The genuine versions again: harmless.

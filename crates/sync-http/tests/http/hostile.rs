@@ -421,6 +421,7 @@ async fn a_record_whose_blob_is_missing_is_refused_and_halts_only_its_origin() {
         assert!(resp.refusals[0]
             .reason
             .contains("not in the responder's storage"));
+        assert_eq!(resp.refusals[0].code.as_deref(), Some("blob_missing"));
         assert_eq!(resp.refusals[0].at, hlc(wall, "dev-a"));
         // Coverage never claims the halted node's items.
         assert_eq!(resp.responder_watermarks.get("dev-a"), None, "{codec}");
@@ -491,6 +492,74 @@ async fn a_record_whose_uploaded_blob_does_not_match_its_hash_is_refused() {
         resp.responder_watermarks.get("dev-a"),
         Some(&hlc(wall, "dev-a"))
     );
+}
+
+/// Every error body carries a stable `code` next to the human `error` (additive: a
+/// TypeScript client reads `error` only).
+#[tokio::test]
+async fn error_bodies_carry_a_stable_code() {
+    let (_cloud, s) = server().await;
+    let at = hlc(now_ms() - 1000, "dev-a");
+    let row = serde_json::to_value(row(TABLE, "w1", at, "", None)).unwrap();
+    let cases: Vec<(Raw, StatusCode, &str)> = vec![
+        (
+            // App rows on the Drive channel.
+            post(
+                &s.base,
+                EXCHANGE,
+                Codec::Json,
+                encode(
+                    Codec::Json,
+                    &json!({"watermarks": {}, "appSyncableRows": [row]}),
+                ),
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+            "channel_violation",
+        ),
+        (
+            post(
+                &s.base,
+                "/apps/not-here/sync/exchange",
+                Codec::Json,
+                encode(Codec::Json, &json!({"watermarks": {}})),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+        ),
+        (
+            post(&s.base, EXCHANGE, Codec::Json, "{not json").await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            raw(&s.base, Method::POST, EXCHANGE, &[], "{}").await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            raw(
+                &s.base,
+                Method::GET,
+                "/files/shared/absent",
+                &[("authorization", "Bearer token-all")],
+                "",
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ];
+    for (r, status, code) in cases {
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+        let body = r.json();
+        assert_eq!(body["code"], code, "{body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test]
