@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+mod file_read;
 mod gc;
 mod key;
 mod mover;

@@ -1,8 +1,6 @@
 //! Copying one blob between two object storages: streamed, hashed while streaming, verified
 //! before it becomes visible at the destination.
 
-use std::io::{Read, Seek, SeekFrom};
-
 use bytes::Bytes;
 use futures::{stream::BoxStream, StreamExt};
 use object_store::{
@@ -22,12 +20,6 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts of one upload sent concurrently. With the part being filled, a transfer holds at
 /// most `(MAX_PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes, whatever the object's size.
 pub const MAX_PARTS_IN_FLIGHT: usize = 2;
-
-/// Chunk size when the source is a local file. object_store reads files in 8 KiB chunks,
-/// each a separate blocking task: fine for small blobs, a throughput ceiling for large ones
-/// (about 160 MB/s against 350-700 MB/s with 256 KiB on the development machine; 1 MiB chunks
-/// were no faster and left more memory fragmented).
-const FILE_CHUNK: usize = 256 * 1024;
 
 /// The SHA-256 a content hash names, lower-case, if it names one: 64 hex digits, optionally
 /// after `sha256:`. Any other form is opaque and its blob transfers unverified.
@@ -207,47 +199,14 @@ pub async fn read_inline(
     Ok(Some(bytes.to_vec()))
 }
 
-/// The source as a stream of bounded chunks: a local file in [`FILE_CHUNK`]s read on the
-/// blocking pool, anything else as the backend streams it.
+/// The source as a stream of bounded chunks: a local file in large reads on the blocking
+/// pool with a bounded read-ahead ([`file_chunks`](crate::file_read::file_chunks)),
+/// anything else as the backend streams it.
 pub(crate) fn chunks(source: GetResult) -> BoxStream<'static, object_store::Result<Bytes>> {
     let GetResultPayload::File(file, path) = source.payload else {
         return source.into_stream();
     };
-    let range = source.range;
-    let read_error = move |e: std::io::Error| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: format!("cannot read {}: {e}", path.display()).into(),
-    };
-    let start = Some(range.start);
-    futures::stream::try_unfold(
-        (file, start, range.end - range.start),
-        move |(mut file, start, remaining)| {
-            let read_error = read_error.clone();
-            async move {
-                if remaining == 0 {
-                    return Ok(None);
-                }
-                tokio::task::spawn_blocking(move || {
-                    if let Some(start) = start {
-                        file.seek(SeekFrom::Start(start)).map_err(&read_error)?;
-                    }
-                    let want = remaining.min(FILE_CHUNK as u64);
-                    let mut buffer = Vec::with_capacity(want as usize);
-                    (&mut file)
-                        .take(want)
-                        .read_to_end(&mut buffer)
-                        .map_err(&read_error)?;
-                    if buffer.is_empty() {
-                        return Err(read_error(std::io::ErrorKind::UnexpectedEof.into()));
-                    }
-                    let left = remaining - buffer.len() as u64;
-                    Ok(Some((Bytes::from(buffer), (file, None, left))))
-                })
-                .await?
-            }
-        },
-    )
-    .boxed()
+    crate::file_read::file_chunks(file, path, source.range)
 }
 
 /// The part being filled: chunks as they came from the source (no copying).
