@@ -4,6 +4,7 @@ mod auth;
 mod client;
 mod encoding;
 mod error;
+mod file_read;
 mod keys;
 mod metrics;
 mod serve;

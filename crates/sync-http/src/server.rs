@@ -667,55 +667,14 @@ fn parse_route(path: &str, method: &Method) -> Result<Route, Box<Response<Respon
     })
 }
 
-/// Bytes read at a time when a blob is a local file.
-const FILE_CHUNK: usize = 256 * 1024;
-
-/// The body of a `GET`: a local file in [`FILE_CHUNK`] reads on the blocking pool, anything
-/// else as its store streams it. object_store reads files 8 KiB at a time, each read a
-/// blocking-pool task of its own, which caps a large download at about 200 MB/s.
+/// The body of a `GET`: a local file in large reads on the blocking pool with a bounded
+/// read-ahead ([`file_chunks`](crate::file_read::file_chunks)), anything else as its store
+/// streams it.
 fn file_chunks(result: GetResult) -> BoxStream<'static, object_store::Result<Bytes>> {
     let GetResultPayload::File(file, path) = result.payload else {
         return result.into_stream();
     };
-    let range = result.range;
-    let read_error = move |e: std::io::Error| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: format!("cannot read {}: {e}", path.display()).into(),
-    };
-    futures::stream::try_unfold(
-        (file, Some(range.start), range.end - range.start),
-        move |(mut file, start, remaining)| {
-            let read_error = read_error.clone();
-            async move {
-                if remaining == 0 {
-                    return Ok(None);
-                }
-                tokio::task::spawn_blocking(move || {
-                    use std::io::{Read, Seek, SeekFrom};
-                    if let Some(start) = start {
-                        file.seek(SeekFrom::Start(start)).map_err(&read_error)?;
-                    }
-                    let want = remaining.min(FILE_CHUNK as u64);
-                    let mut buffer = Vec::with_capacity(want as usize);
-                    (&mut file)
-                        .take(want)
-                        .read_to_end(&mut buffer)
-                        .map_err(&read_error)?;
-                    if buffer.is_empty() {
-                        return Err(read_error(std::io::ErrorKind::UnexpectedEof.into()));
-                    }
-                    let left = remaining - buffer.len() as u64;
-                    Ok(Some((Bytes::from(buffer), (file, None, left))))
-                })
-                .await
-                .map_err(|e| object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: Box::new(e),
-                })?
-            }
-        },
-    )
-    .boxed()
+    crate::file_read::file_chunks(file, path, result.range)
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` (one range; anything else is ignored, as RFC 9110
