@@ -843,6 +843,10 @@ fn print_counters(m: &sync_engine::ChannelMetrics, now: u64) {
         "  item failures: {} ({} blob), skew refusals: {}, origin nodes halted by the server: {}",
         m.item_failures, m.blob_failures, m.skew_refusals, m.peer_halts
     );
+    println!(
+        "  blob bytes: pushed {}, pulled {} (inline: sent {}, received {})",
+        m.blob_bytes_pushed, m.blob_bytes_pulled, m.inline_bytes_sent, m.inline_bytes_received
+    );
     if let Some(e) = &m.last_error {
         let when = m
             .last_error_ms

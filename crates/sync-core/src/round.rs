@@ -147,6 +147,15 @@ pub struct RoundReport {
     pub own_moved: bool,
     /// Whether the peer's coverage report differs from the previous one.
     pub peer_moved: bool,
+    /// Blob bytes pushed to the peer through `/files` this round (copies only: a blob the
+    /// peer already had moved nothing).
+    pub blob_bytes_pushed: u64,
+    /// Blob bytes pulled from the peer through `/files` this round.
+    pub blob_bytes_pulled: u64,
+    /// Blob bytes carried inline in this round's request.
+    pub inline_bytes_sent: u64,
+    /// Blob bytes that came inline in the response and were stored here.
+    pub inline_bytes_received: u64,
 }
 
 impl RoundReport {
@@ -217,6 +226,25 @@ enum Inbound {
     Failed(ItemProblem),
 }
 
+/// Blob bytes a round moved, by way (the sums of `Transferred::Copied`).
+#[derive(Default)]
+struct BlobBytes {
+    pushed: AtomicU64,
+    pulled: AtomicU64,
+    inline_received: AtomicU64,
+}
+
+/// Adds the bytes a transfer copied to `counter`, passing its result on.
+fn counted(
+    counter: &AtomicU64,
+    moved: Result<Transferred, crate::BlobError>,
+) -> Result<Transferred, crate::BlobError> {
+    if let Ok(Transferred::Copied { bytes }) = &moved {
+        counter.fetch_add(*bytes, Ordering::Relaxed);
+    }
+    moved
+}
+
 /// Pushes one item's blob unless its origin node already failed this round, or reads it to
 /// ship inline when `inline` allows (falling back to a push when this node's copy is absent
 /// or larger than announced). `Ok(Some)` is an inline blob; `Err("")` means held back behind
@@ -227,6 +255,7 @@ async fn push_one(
     origin: NodeId,
     manifest: Option<BlobManifest>,
     inline: Option<u64>,
+    moved: Arc<BlobBytes>,
 ) -> Result<Option<InlineBlob>, String> {
     let Some(manifest) = manifest else {
         return Ok(None);
@@ -245,10 +274,10 @@ async fn push_one(
                 key: manifest.key.clone(),
                 bytes,
             })),
-            Ok(None) => transfer.push(&manifest).await.map(|_| None),
+            Ok(None) => counted(&moved.pushed, transfer.push(&manifest).await).map(|_| None),
             Err(e) => Err(e),
         },
-        None => transfer.push(&manifest).await.map(|_| None),
+        None => counted(&moved.pushed, transfer.push(&manifest).await).map(|_| None),
     };
     if res.is_err() {
         halted
@@ -266,6 +295,7 @@ async fn pull_one(
     applied: Result<Applied, String>,
     manifest: Option<BlobManifest>,
     inline: Option<Vec<u8>>,
+    moved: Arc<BlobBytes>,
 ) -> Inbound {
     let written = match applied {
         Err(msg) => return Inbound::Failed(ItemProblem::Apply(msg)),
@@ -283,8 +313,11 @@ async fn pull_one(
             copied: false,
         },
         Some(manifest) => match match inline {
-            Some(bytes) => transfer.land_inline(&manifest, bytes).await,
-            None => transfer.pull(&manifest).await,
+            Some(bytes) => counted(
+                &moved.inline_received,
+                transfer.land_inline(&manifest, bytes).await,
+            ),
+            None => counted(&moved.pulled, transfer.pull(&manifest).await),
         } {
             Ok(t) => Inbound::Landed {
                 written,
@@ -367,6 +400,7 @@ impl Requester {
         let mut budget = p.config.inline_budget;
         let mut outbound = PrefixLedger::new();
         let halted: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
+        let moved: Arc<BlobBytes> = Arc::default();
         let jobs: Vec<_> = selection
             .items
             .iter()
@@ -386,6 +420,7 @@ impl Requester {
                     item.origin().clone(),
                     manifest,
                     inline,
+                    moved.clone(),
                 )
             })
             .collect();
@@ -425,6 +460,12 @@ impl Requester {
             .filter(|(at, _)| outbound.in_prefix(at))
             .map(|(_, blob)| blob)
             .collect();
+        report.inline_bytes_sent = request
+            .inline_blobs
+            .iter()
+            .map(|b| b.bytes.len() as u64)
+            .sum();
+        report.blob_bytes_pushed = moved.pushed.load(Ordering::Relaxed);
         for item in selection
             .items
             .iter()
@@ -525,10 +566,12 @@ impl Requester {
                     .as_ref()
                     .and_then(|m| inline_in.get(&m.key))
                     .cloned();
-                pull_one(p.transfer.clone(), applied, manifest, inline)
+                pull_one(p.transfer.clone(), applied, manifest, inline, moved.clone())
             })
             .collect();
         let outcomes: Vec<Inbound> = stream::iter(jobs).buffered(conc).collect().await;
+        report.blob_bytes_pulled = moved.pulled.load(Ordering::Relaxed);
+        report.inline_bytes_received = moved.inline_received.load(Ordering::Relaxed);
         for ((item, key), outcome) in accepted.into_iter().zip(outcomes) {
             match outcome {
                 Inbound::Landed { written, copied } => {

@@ -69,6 +69,14 @@ pub struct ChannelMetrics {
     pub skew_refusals: u64,
     /// Origin nodes the peer halted, summed over rounds.
     pub peer_halts: u64,
+    /// Blob bytes pushed to the peer through `/files` (copies; a blob it had moved nothing).
+    pub blob_bytes_pushed: u64,
+    /// Blob bytes pulled from the peer through `/files`.
+    pub blob_bytes_pulled: u64,
+    /// Blob bytes sent inline in requests.
+    pub inline_bytes_sent: u64,
+    /// Blob bytes received inline in responses and stored here.
+    pub inline_bytes_received: u64,
     /// Rounds whose outbound side was skipped because a local read failed.
     pub outbound_blocked: u64,
     /// When the last round completed (ms since the Unix epoch).
@@ -219,6 +227,10 @@ impl NodeMetrics {
         c.applied += report.applied as u64;
         c.shipped += report.shipped as u64;
         c.became_resident += report.became_resident as u64;
+        c.blob_bytes_pushed += report.blob_bytes_pushed;
+        c.blob_bytes_pulled += report.blob_bytes_pulled;
+        c.inline_bytes_sent += report.inline_bytes_sent;
+        c.inline_bytes_received += report.inline_bytes_received;
         c.item_failures += report.failures.len() as u64;
         c.outbound_blocked += u64::from(report.outbound_blocked.is_some());
         c.peer_halts += report.halted_by_peer.len() as u64;

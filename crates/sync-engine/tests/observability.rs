@@ -32,6 +32,9 @@ async fn failing_blobs_count_attempts_until_they_land() {
     let c = &s.channels["drive"];
     assert_eq!(c.rounds_ok, summary.rounds as u64);
     assert_eq!(c.shipped, 1);
+    // The blob bytes that moved: "fine", through `/files` or inline.
+    assert_eq!(c.blob_bytes_pushed + c.inline_bytes_sent, 4, "{c:?}");
+    assert_eq!(c.blob_bytes_pulled + c.inline_bytes_received, 0);
     assert_eq!(c.blob_failures, summary.rounds as u64);
     assert_eq!(s.failing_items.len(), 1, "{s:?}");
     let f = &s.failing_items[0];
@@ -63,6 +66,14 @@ async fn failing_blobs_count_attempts_until_they_land() {
     assert!(s.failing_items.is_empty(), "{s:?}");
     assert_eq!(s.channels["drive"].shipped, 2);
     assert_eq!(s.channels["drive"].blob_failures, f.attempts + 1);
+    let c = &s.channels["drive"];
+    assert_eq!(c.blob_bytes_pushed + c.inline_bytes_sent, 8, "{c:?}");
+    let json = serde_json::to_value(&s).unwrap();
+    let bytes = &json["channels"]["drive"];
+    assert_eq!(
+        bytes["blobBytesPushed"].as_u64().unwrap() + bytes["inlineBytesSent"].as_u64().unwrap(),
+        8
+    );
 }
 
 #[tokio::test]

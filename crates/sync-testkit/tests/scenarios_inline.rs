@@ -406,3 +406,45 @@ fn in09_the_time_budget_bounds_inline_reads_and_the_rest_still_lands() {
     assert_eq!(t.round().applied, 3);
     assert_eq!(t.last_response().inline_blobs.len(), 3);
 }
+
+/// Decision 0032: a round reports the blob bytes it moved, by way (`/files` or inline,
+/// each direction); a blob the other side already had moves nothing.
+#[test]
+fn in_blob_bytes_are_counted_per_round_by_way() {
+    let t = Inline::drive();
+    t.pair.local.put_record("R1", Some(b"first small blob"));
+    let r = t.round();
+    // The responder's inline limit is learned from this round: pushed.
+    assert_eq!((r.blob_bytes_pushed, r.inline_bytes_sent), (16, 0));
+    let big = vec![7u8; LIMIT as usize + 1];
+    t.pair.local.put_record("R2", Some(b"second"));
+    t.pair.local.put_record("R3", Some(&big));
+    let r = t.round();
+    assert_eq!((r.blob_bytes_pushed, r.inline_bytes_sent), (LIMIT + 1, 6));
+    assert_eq!((r.blob_bytes_pulled, r.inline_bytes_received), (0, 0));
+
+    t.pair.cloud.put_record("C1", Some(b"cloud small"));
+    t.pair
+        .cloud
+        .put_record("C2", Some(&vec![8u8; LIMIT as usize + 2]));
+    // Bytes this node already holds under the same key: nothing moves for it.
+    t.pair.cloud.put_record("C3", Some(&big));
+    let r = t.round();
+    assert_eq!(r.applied, 3, "{r:?}");
+    assert_eq!(
+        (r.blob_bytes_pulled, r.inline_bytes_received),
+        (LIMIT + 2, 11)
+    );
+    assert_eq!((r.blob_bytes_pushed, r.inline_bytes_sent), (0, 0));
+
+    let r = t.round();
+    assert_eq!(
+        (
+            r.blob_bytes_pushed,
+            r.blob_bytes_pulled,
+            r.inline_bytes_sent,
+            r.inline_bytes_received
+        ),
+        (0, 0, 0, 0)
+    );
+}
