@@ -107,6 +107,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "a local write is stored, before the clock state is saved",
     ),
     (
+        "server.start.migrated",
+        "start-up: the database is open and migrated, before anything else is written",
+    ),
+    (
         "server.exchange.received",
         "a request was decoded, before the responder handles it",
     ),

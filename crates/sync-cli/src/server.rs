@@ -172,6 +172,7 @@ where
             }
         };
     // Crash points (decision 0031) wrap these ports only while one is armed.
+    crate::crash::point("server.start.migrated");
     let (records, rows) = crate::crash::server_stores(records, rows);
     let blobs = crate::crash::server_blobs(blobs);
     for ns in &options.apps {

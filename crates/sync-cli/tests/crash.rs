@@ -338,6 +338,85 @@ fn power_cut_server_loses_an_acknowledged_commit() {
 /// session holds an uncommitted insert of a note A ships (`n4`), so the server's batch
 /// inserts `n35` (the batch is written in key order) and then waits on `n4`'s key inside its
 /// transaction. The server is killed while it waits; PostgreSQL must roll its half back.
+/// The schema migrations applied to the SQLite database at `db`.
+fn migrations_applied(db: &std::path::Path) -> i64 {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+            n
+        })
+}
+
+/// A fresh server killed during start-up, once its database is migrated: it starts again
+/// on the same files, and the world syncs and converges through it.
+#[test]
+fn server_killed_at_start_up_restarts_clean() {
+    let name = "server_killed_at_start_up";
+    let mut w = World::new(name, Backend::Sqlite, None);
+    let mut serve = w.servers[0].restart_fresh_crashing(Crash::kill("server.start.migrated"));
+    eprintln!("{name}: {}", serve.crashed_by_itself());
+    w.servers[0].restart();
+    let (a, b) = nodes(&w);
+    w.standard(&a, &b, false, |w| w.a_writes(&a, false));
+    w.sync(&a);
+    w.converge_and_check(&[&a, &b]);
+}
+
+/// A power cut of a fresh server during start-up that tears the commit of its last schema
+/// migration (each migration commits on its own, so this is the state a crash between
+/// migrations leaves): the migrations are half done, and the restarted server finishes them
+/// and serves the world to convergence.
+#[test]
+fn power_cut_server_between_its_start_up_migrations() {
+    let name = "power_cut_server_between_migrations";
+    let mut w = World::new(name, Backend::Sqlite, None);
+    let mut serve = w.servers[0].restart_fresh_crashing(Crash::pause("server.start.migrated"));
+    eprintln!("{name}: {}", serve.paused());
+    let data = w.servers[0].data.clone().unwrap();
+    let image = w.path("server.image");
+    copy_dir(&data, &image);
+    serve.kill();
+    replace_dir(&data, &image);
+    let db = data.join("server.db");
+    let all = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sync-sqlite/migrations"
+    ))
+    .unwrap()
+    .count() as i64;
+    // sqlx commits each migration with its bookkeeping, then records its execution time
+    // in a commit of its own: cut commits off the end until a migration is gone.
+    let mut left = all;
+    for _ in 0..4 {
+        let cut = tear_last_commit(&db);
+        left = migrations_applied(&db);
+        eprintln!("{name}: WAL cut at byte {cut}: {left} of {all} migrations left");
+        if left < all {
+            break;
+        }
+    }
+    assert!(
+        (1..all).contains(&left),
+        "{name}: half migrated: {left} of {all}"
+    );
+    w.servers[0].restart();
+    assert_eq!(migrations_applied(&db), all, "{name}: migrated again");
+    let (a, b) = nodes(&w);
+    w.standard(&a, &b, false, |w| w.a_writes(&a, false));
+    w.sync(&a);
+    w.converge_and_check(&[&a, &b]);
+}
+
 #[test]
 fn postgres_server_killed_mid_transaction() {
     let name = "postgres_server_killed_mid_transaction";

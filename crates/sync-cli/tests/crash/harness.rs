@@ -424,6 +424,24 @@ impl Server {
         self.spawn(Some(crash));
     }
 
+    /// Kills the server, empties its data directory and starts it with `crash` armed at a
+    /// start-up point: the process, which never starts listening.
+    pub fn restart_fresh_crashing(&mut self, crash: Crash) -> Watched {
+        self.process.take().expect("the server is running").kill();
+        let data = self.data.as_ref().expect("an embedded server");
+        std::fs::remove_dir_all(data).unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .args(["--listen", &self.addr])
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .envs(crash.envs())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        Watched::spawn(command, format!("serve ({crash:?})"))
+    }
+
     pub fn process(&mut self) -> &mut Watched {
         self.process.as_mut().expect("the server is running")
     }
