@@ -375,12 +375,13 @@ async fn serve(a: ServeArgs) -> Result<u8> {
         |service| service,
     )
     .await?;
+    let interrupted = crate::server::interrupt_signal()?;
     println!("listening on http://{}", running.addr);
     if let Some(t) = announce_token {
         println!("access token (shown once; also in the data directory): {t}");
     }
     std::io::stdout().flush()?;
-    running.run_until_ctrl_c().await?;
+    running.run_until(interrupted).await?;
     Ok(exit::OK)
 }
 

@@ -69,11 +69,33 @@ impl RunningServer {
         Ok(())
     }
 
-    /// Waits until the server stops by itself (it does not, unless it fails) or Ctrl-C.
-    pub async fn run_until_ctrl_c(self) -> Result<()> {
-        let _ = tokio::signal::ctrl_c().await;
+    /// Waits until the server stops by itself (it does not, unless it fails) or
+    /// `interrupted` ([`interrupt_signal`]) resolves.
+    pub async fn run_until(self, interrupted: impl std::future::Future<Output = ()>) -> Result<()> {
+        interrupted.await;
         eprintln!("shutting down: finishing in-flight requests");
         self.stop().await
+    }
+}
+
+/// Ctrl-C (SIGINT), listened for from this call on. Taken before `serve` announces that it
+/// listens: a supervisor that stops the server right after reading that line gets a
+/// graceful shutdown, not the default action of the signal (a kill), which it got while
+/// the handler was only installed afterwards (found by the start-up crash tests).
+pub fn interrupt_signal() -> Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        Ok(async move {
+            interrupt.recv().await;
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

@@ -424,10 +424,20 @@ impl Server {
         self.spawn(Some(crash));
     }
 
-    /// Kills the server, empties its data directory and starts it with `crash` armed at a
-    /// start-up point: the process, which never starts listening.
+    /// Stops the server gracefully (SIGINT, right after it announced that it listens),
+    /// empties its data directory and starts it with `crash` armed at a start-up point: the
+    /// process, which never starts listening.
     pub fn restart_fresh_crashing(&mut self, crash: Crash) -> Watched {
-        self.process.take().expect("the server is running").kill();
+        let mut process = self.process.take().expect("the server is running");
+        let pid = process.child.id().to_string();
+        let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(status.success(), "kill -INT {pid}");
+        let exit = process.finish();
+        assert!(
+            exit.success(),
+            "serve after SIGINT: {exit}\n{}",
+            process.stderr()
+        );
         let data = self.data.as_ref().expect("an embedded server");
         std::fs::remove_dir_all(data).unwrap();
         let mut command = Command::new(BIN);
