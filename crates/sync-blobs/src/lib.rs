@@ -4,6 +4,7 @@ mod error;
 mod file_read;
 mod gc;
 mod key;
+mod local_dir;
 mod mover;
 mod store;
 #[cfg(feature = "testing")]

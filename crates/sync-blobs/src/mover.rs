@@ -178,6 +178,26 @@ impl BlobTransfer for BlobMover {
     ) -> Result<Transferred, BlobError> {
         self.local.write_inline(manifest, bytes).await
     }
+
+    async fn read_local_batch(
+        &self,
+        manifests: &[BlobManifest],
+        max_bytes: u64,
+    ) -> Vec<Result<Option<Vec<u8>>, BlobError>> {
+        let keys: Vec<String> = manifests.iter().map(|m| m.key.clone()).collect();
+        self.local.read_inline_batch(&keys, max_bytes).await
+    }
+
+    async fn land_inline_batch(
+        &self,
+        blobs: Vec<(BlobManifest, Vec<u8>)>,
+    ) -> Vec<Result<Transferred, BlobError>> {
+        self.local.write_inline_batch(blobs).await
+    }
+
+    async fn sync(&self) -> Result<(), BlobError> {
+        self.local.sync().await
+    }
 }
 
 /// Removes a transfer's in-flight entry when its task ends.

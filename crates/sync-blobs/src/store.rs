@@ -26,6 +26,11 @@ pub struct ObjectBlobs {
     /// The directory of a filesystem store, for what object_store cannot list (the staging
     /// files of uploads a crash interrupted).
     root: Option<Arc<std::path::PathBuf>>,
+    /// A filesystem store's directory: durability, and the batch fast path when `fast`.
+    local: Option<Arc<crate::local_dir::LocalDir>>,
+    fast: bool,
+    /// Whether [`BlobStore::sync`] syncs a filesystem store (default on).
+    durable: bool,
 }
 
 impl ObjectBlobs {
@@ -39,6 +44,31 @@ impl ObjectBlobs {
             store,
             content_type: true,
             root: None,
+            local: None,
+            fast: false,
+            durable: true,
+        }
+    }
+
+    /// Turns a filesystem store's durability off (`false`) or on (the default): without
+    /// it, [`BlobStore::sync`] does nothing, and a power loss may lose blobs whose
+    /// watermarks were persisted. For throwaway stores only (tests about something else,
+    /// caches): a `syncfs` waits for every dirty file of the filesystem, so on a disk shared
+    /// with heavy writers it can take seconds (decision 0013).
+    pub fn with_durability(mut self, on: bool) -> Self {
+        self.durable = on;
+        self
+    }
+
+    /// The same storage seen through `store`, a wrapper of this one's object store (crash
+    /// points, metrics): every operation goes through the wrapper, and a filesystem store
+    /// keeps its durability ([`BlobStore::sync`]) but leaves its batch fast path, which
+    /// would go around the wrapper.
+    pub fn wrapped(&self, store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            store,
+            fast: false,
+            ..self.clone()
         }
     }
 
@@ -66,9 +96,17 @@ impl ObjectBlobs {
             })?
             // Deleting the last blob of a directory removes the directory too.
             .with_automatic_cleanup(true);
+        let fs = Arc::new(fs);
+        let local =
+            crate::local_dir::LocalDir::new(Arc::clone(&fs), root).map_err(|source| Error::Io {
+                path: root.to_path_buf(),
+                source,
+            })?;
         // The local filesystem keeps no attributes (it refuses a put that carries some).
-        let mut blobs = Self::new(Arc::new(fs)).without_content_type();
+        let mut blobs = Self::new(fs).without_content_type();
         blobs.root = Some(Arc::new(root.to_path_buf()));
+        blobs.local = Some(Arc::new(local));
+        blobs.fast = true;
         Ok(blobs)
     }
 
@@ -150,11 +188,62 @@ impl fmt::Display for ObjectBlobs {
 /// object store can, and a request carries at most its budget of them anyway.
 pub const INLINE_LIMIT: u64 = 1024 * 1024;
 
+/// Blobs a batch reads or writes at once on a store without the fast path.
+const BATCH_IO: usize = 16;
+
 #[async_trait]
 impl BlobStore for ObjectBlobs {
     async fn contains(&self, key: &str) -> Result<bool, BlobError> {
         let path = object_path(key)?;
         self.exists(key, &path).await
+    }
+
+    /// A filesystem store: one `syncfs` of the directory's filesystem, shared by the
+    /// callers waiting at the time (decision 0013). Other stores: nothing to do.
+    async fn sync(&self) -> Result<(), BlobError> {
+        match self.local.as_ref().filter(|_| self.durable) {
+            Some(local) => local.sync().await,
+            None => Ok(()),
+        }
+    }
+
+    /// A filesystem store reads the whole batch in one blocking task.
+    async fn read_inline_batch(
+        &self,
+        keys: &[String],
+        max_bytes: u64,
+    ) -> Vec<Result<Option<Vec<u8>>, BlobError>> {
+        match self.local.as_ref().filter(|_| self.fast) {
+            Some(local) => local.read_batch(keys, max_bytes).await,
+            None => {
+                use futures::StreamExt;
+                futures::stream::iter(keys.iter().cloned())
+                    .map(|key| async move { self.read_inline(&key, max_bytes).await })
+                    .buffered(BATCH_IO)
+                    .collect()
+                    .await
+            }
+        }
+    }
+
+    /// A filesystem store writes the whole batch in one blocking task.
+    async fn write_inline_batch(
+        &self,
+        blobs: Vec<(BlobManifest, Vec<u8>)>,
+    ) -> Vec<Result<Transferred, BlobError>> {
+        match self.local.as_ref().filter(|_| self.fast) {
+            Some(local) => local.write_batch(blobs).await,
+            None => {
+                use futures::StreamExt;
+                futures::stream::iter(blobs)
+                    .map(|(manifest, bytes)| async move {
+                        self.write_inline(&manifest, bytes).await
+                    })
+                    .buffered(BATCH_IO)
+                    .collect()
+                    .await
+            }
+        }
     }
 
     fn inline_limit(&self) -> u64 {

@@ -226,11 +226,15 @@ where
     if options.tokens.is_empty() {
         bail!("no access token configured; pass --token SECRET[:SCOPES]");
     }
-    let mut service = SyncService::builder(responders, blobs.object_store().clone()).config(
-        ServerConfig::default()
-            .with_exchange_body_limit(options.exchange_body_limit)
-            .with_store_content_type(blobs.writes_content_type()),
-    );
+    let mut service = SyncService::builder(responders, blobs.object_store().clone())
+        .config(
+            ServerConfig::default()
+                .with_exchange_body_limit(options.exchange_body_limit)
+                .with_store_content_type(blobs.writes_content_type()),
+        )
+        // A filesystem store syncs before each upload is acknowledged (uploads waiting at the
+        // same time share one sync); S3 has nothing to do (decision 0013).
+        .durable_uploads(blob_check.clone());
     for (token, scope) in &options.tokens {
         service = service.bearer_token(token.clone(), scope.clone());
     }

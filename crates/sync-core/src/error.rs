@@ -191,6 +191,10 @@ pub enum Error {
     /// Reading or writing the node's own state failed.
     #[error("sync state: {0}")]
     State(#[source] StoreError),
+    /// The blobs that landed this round could not be made durable, so nothing that
+    /// covers them was persisted (decision 0013).
+    #[error("making this round's blobs durable failed: {0}")]
+    BlobSync(#[source] BlobError),
     /// The channel is not usable on this node (e.g. the app is not registered).
     #[error("channel {channel} is not configured: {reason}")]
     Config {

@@ -1,11 +1,15 @@
 //! The ports the exchange round drives: small traits, one required method set each.
 
 use async_trait::async_trait;
+use futures_util::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sync_hlc::{ClockState, Hlc, NodeId, Watermarks};
 use sync_protocol::{AppRow, ExchangeRequest, ExchangeResponse, SharedRecord};
 
 use crate::{AppNamespace, BlobError, BlobManifest, Channel, ExchangeError, StoreError};
+
+/// Blobs a default batch method reads or writes at once.
+const BATCH_IO: usize = 16;
 
 /// What a last-write-wins apply did with one offered version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +126,16 @@ pub trait BlobStore: Send + Sync {
     /// Whether the blob at `key` is present.
     async fn contains(&self, key: &str) -> Result<bool, BlobError>;
 
+    /// Makes every blob this store has written or acknowledged so far durable: after it
+    /// returns, a crash or power loss cannot leave any of them truncated or missing. Callers
+    /// sync before they persist what covers the blobs (watermarks, an accepted item, an
+    /// upload's acknowledgement; decision 0012). The default does nothing, for stores whose
+    /// acknowledged writes are durable already (S3) or that keep nothing anyway (memory).
+    /// An error means some blob may not survive a crash.
+    async fn sync(&self) -> Result<(), BlobError> {
+        Ok(())
+    }
+
     /// The largest blob, in bytes, this store reads and writes inline (0: none, the default).
     fn inline_limit(&self) -> u64 {
         0
@@ -132,6 +146,35 @@ pub trait BlobStore: Send + Sync {
     async fn read_inline(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, BlobError> {
         let _ = (key, max_bytes);
         Ok(None)
+    }
+
+    /// [`read_inline`](Self::read_inline) of several keys; results follow `keys`. The
+    /// default reads them one by one, 16 at a time; a store that can do better
+    /// (a local directory: one blocking task for the whole page) overrides it.
+    async fn read_inline_batch(
+        &self,
+        keys: &[String],
+        max_bytes: u64,
+    ) -> Vec<Result<Option<Vec<u8>>, BlobError>> {
+        stream::iter(keys.iter().cloned())
+            .map(|key| async move { self.read_inline(&key, max_bytes).await })
+            .buffered(BATCH_IO)
+            .collect()
+            .await
+    }
+
+    /// [`write_inline`](Self::write_inline) of several blobs, each verified against its
+    /// own manifest (a mismatch stores nothing of that blob and fails only it); results
+    /// follow `blobs`. The default writes them one by one, 16 at a time.
+    async fn write_inline_batch(
+        &self,
+        blobs: Vec<(BlobManifest, Vec<u8>)>,
+    ) -> Vec<Result<Transferred, BlobError>> {
+        stream::iter(blobs)
+            .map(|(manifest, bytes)| async move { self.write_inline(&manifest, bytes).await })
+            .buffered(BATCH_IO)
+            .collect()
+            .await
     }
 
     /// Stores bytes that arrived inline for `manifest`, verified against its content hash
@@ -255,6 +298,40 @@ pub trait BlobTransfer: Send + Sync {
     ) -> Result<Transferred, BlobError> {
         let _ = bytes;
         Err(inline_unsupported(&manifest.key))
+    }
+
+    /// [`read_local`](Self::read_local) of several blobs; results follow `manifests`. The
+    /// default reads them one by one, 16 at a time.
+    async fn read_local_batch(
+        &self,
+        manifests: &[BlobManifest],
+        max_bytes: u64,
+    ) -> Vec<Result<Option<Vec<u8>>, BlobError>> {
+        stream::iter(manifests.iter().cloned())
+            .map(|manifest| async move { self.read_local(&manifest, max_bytes).await })
+            .buffered(BATCH_IO)
+            .collect()
+            .await
+    }
+
+    /// [`land_inline`](Self::land_inline) of several blobs, each verified against its own
+    /// manifest; results follow `blobs`. The default lands them one by one, 16 at a time.
+    async fn land_inline_batch(
+        &self,
+        blobs: Vec<(BlobManifest, Vec<u8>)>,
+    ) -> Vec<Result<Transferred, BlobError>> {
+        stream::iter(blobs)
+            .map(|(manifest, bytes)| async move { self.land_inline(&manifest, bytes).await })
+            .buffered(BATCH_IO)
+            .collect()
+            .await
+    }
+
+    /// Makes every blob this node's storage holds so far durable (see [`BlobStore::sync`]):
+    /// a round calls it after blobs landed and before it persists the watermarks that cover
+    /// them. The default does nothing.
+    async fn sync(&self) -> Result<(), BlobError> {
+        Ok(())
     }
 }
 

@@ -6,7 +6,6 @@ use std::{
 };
 
 use async_trait::async_trait;
-use futures_util::{future, stream, StreamExt};
 use sync_hlc::{Hlc, Watermarks};
 use sync_protocol::{
     error_code, refusal_code, ExchangeRequest, ExchangeResponse, InlineBlob, Refusal,
@@ -377,39 +376,40 @@ impl Responder {
             .filter_map(|i| i.blob(files))
             .filter_map(|m| inline_in.remove(&m.key).map(|bytes| (m, bytes)))
             .collect();
-        let blobs = p.blobs.clone();
-        let inline_landed: HashMap<String, Result<Transferred, String>> = stream::iter(candidates)
-            .map(|(manifest, bytes)| {
-                let blobs = blobs.clone();
-                let prefix = channel.key_prefix();
-                async move {
-                    let landed = if !(manifest.key.starts_with(&prefix)
-                        && manifest.key.len() > prefix.len())
-                    {
-                        // The channel's namespace bounds what its requests may write.
-                        Err(format!(
-                            "inline blob {} is outside this channel's namespace {prefix}",
-                            manifest.key
-                        ))
-                    } else if bytes.len() as u64 > inline_limit {
-                        Err(format!(
-                            "inline blob {} is {} bytes, above this responder's limit of \
-                             {inline_limit}; upload it to /files instead",
-                            manifest.key,
-                            bytes.len()
-                        ))
-                    } else {
-                        blobs
-                            .write_inline(&manifest, bytes)
-                            .await
-                            .map_err(|e| format!("inline blob refused: {e}"))
-                    };
-                    (manifest.key, landed)
-                }
-            })
-            .buffered(INLINE_IO)
-            .collect()
-            .await;
+        let prefix = channel.key_prefix();
+        let mut inline_landed: HashMap<String, Result<Transferred, String>> = HashMap::new();
+        let mut to_write = Vec::with_capacity(candidates.len());
+        for (manifest, bytes) in candidates {
+            if !(manifest.key.starts_with(&prefix) && manifest.key.len() > prefix.len()) {
+                // The channel's namespace bounds what its requests may write.
+                let reason = format!(
+                    "inline blob {} is outside this channel's namespace {prefix}",
+                    manifest.key
+                );
+                inline_landed.insert(manifest.key, Err(reason));
+            } else if bytes.len() as u64 > inline_limit {
+                let reason = format!(
+                    "inline blob {} is {} bytes, above this responder's limit of \
+                     {inline_limit}; upload it to /files instead",
+                    manifest.key,
+                    bytes.len()
+                );
+                inline_landed.insert(manifest.key, Err(reason));
+            } else {
+                to_write.push((manifest, bytes));
+            }
+        }
+        // One batch (one blocking task on a local directory, rather than one per blob).
+        let keys: Vec<String> = to_write.iter().map(|(m, _)| m.key.clone()).collect();
+        let written = p.blobs.write_inline_batch(to_write).await;
+        for (key, landed) in keys.into_iter().zip(written) {
+            let landed = landed.map_err(|e| format!("inline blob refused: {e}"));
+            inline_landed.insert(key, landed);
+        }
+        // Durable before the apply below commits the items that name them (decision 0013).
+        if inline_landed.values().any(Result::is_ok) {
+            p.blobs.sync().await.map_err(blobs_not_durable)?;
+        }
         let mut accepted: Vec<&Item> = Vec::with_capacity(inbound.len());
         for item in &inbound {
             if ledger.first_failure(item.origin()).is_some() {
@@ -536,22 +536,20 @@ impl Responder {
                 })
                 .map(|m| m.key)
                 .collect();
-            let blobs = p.blobs.clone();
-            // No read starts after the time budget; those in flight finish.
-            let time = p.time.clone();
-            let deadline = time.now_ms().saturating_add(p.config.inline_time_budget_ms);
-            let read: Vec<_> = stream::iter(wanted)
-                .take_while(move |_| future::ready(time.now_ms() < deadline))
-                .map(|key| {
-                    let blobs = blobs.clone();
-                    async move {
-                        let bytes = blobs.read_inline(&key, send_inline).await;
-                        (key, bytes)
-                    }
-                })
-                .buffered(INLINE_IO)
-                .collect()
-                .await;
+            // Read in batches (one blocking task each on a local directory); no batch
+            // starts after the time budget, the one in flight finishes.
+            let deadline = p
+                .time
+                .now_ms()
+                .saturating_add(p.config.inline_time_budget_ms);
+            let mut read = Vec::with_capacity(wanted.len());
+            for batch in wanted.chunks(INLINE_IO * 4) {
+                if p.time.now_ms() >= deadline {
+                    break;
+                }
+                let bytes = p.blobs.read_inline_batch(batch, send_inline).await;
+                read.extend(batch.iter().cloned().zip(bytes));
+            }
             for (key, bytes) in read {
                 match bytes {
                     Ok(Some(bytes)) => response.inline_blobs.push(InlineBlob { key, bytes }),
@@ -569,6 +567,22 @@ impl Responder {
             }
         }
         Ok(response)
+    }
+}
+
+/// The request fails when blobs it stored cannot be made durable: nothing of it is applied,
+/// and the requester ships the page again.
+fn blobs_not_durable(e: crate::BlobError) -> ExchangeError {
+    let message = format!("inline blobs could not be made durable: {e}");
+    match e {
+        crate::BlobError::Transient { .. } => ExchangeError::Transient {
+            message,
+            source: Some(Box::new(e)),
+        },
+        _ => ExchangeError::Fatal {
+            message,
+            source: Some(Box::new(e)),
+        },
     }
 }
 

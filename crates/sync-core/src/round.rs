@@ -245,16 +245,16 @@ fn counted(
     moved
 }
 
-/// Pushes one item's blob unless its origin node already failed this round, or reads it to
-/// ship inline when `inline` allows (falling back to a push when this node's copy is absent
-/// or larger than announced). `Ok(Some)` is an inline blob; `Err("")` means held back behind
-/// an earlier failure.
+/// Pushes one item's blob unless its origin node already failed this round, or ships it
+/// inline when it was read for that (`read`, from the page's batch read; a push instead when
+/// this node's copy is absent or larger than announced). `Ok(Some)` is an inline blob;
+/// `Err("")` means held back behind an earlier failure.
 async fn push_one(
     transfer: Arc<dyn BlobTransfer>,
     halted: Arc<Mutex<BTreeSet<NodeId>>>,
     origin: NodeId,
     manifest: Option<BlobManifest>,
-    inline: Option<u64>,
+    read: Option<Result<Option<Vec<u8>>, crate::BlobError>>,
     moved: Arc<BlobBytes>,
 ) -> Result<Option<InlineBlob>, String> {
     let Some(manifest) = manifest else {
@@ -268,8 +268,8 @@ async fn push_one(
     if is_halted(&halted) {
         return Err(String::new());
     }
-    let res = match inline {
-        Some(max) => match transfer.read_local(&manifest, max).await {
+    let res = match read {
+        Some(read) => match read {
             Ok(Some(bytes)) => Ok(Some(InlineBlob {
                 key: manifest.key.clone(),
                 bytes,
@@ -289,12 +289,13 @@ async fn push_one(
 }
 
 /// Pulls the blob of an item that applied (never for an LWW loser; again for a repeat
-/// delivery, which re-pulls a staged row), or lands the copy that came inline.
+/// delivery, which re-pulls a staged row), unless the copy that came inline already landed
+/// (`landed`, from the page's batch).
 async fn pull_one(
     transfer: Arc<dyn BlobTransfer>,
     applied: Result<Applied, String>,
     manifest: Option<BlobManifest>,
-    inline: Option<Vec<u8>>,
+    landed: Option<Result<Transferred, crate::BlobError>>,
     moved: Arc<BlobBytes>,
 ) -> Inbound {
     let written = match applied {
@@ -312,11 +313,8 @@ async fn pull_one(
             written,
             copied: false,
         },
-        Some(manifest) => match match inline {
-            Some(bytes) => counted(
-                &moved.inline_received,
-                transfer.land_inline(&manifest, bytes).await,
-            ),
+        Some(manifest) => match match landed {
+            Some(landed) => counted(&moved.inline_received, landed),
             None => counted(&moved.pulled, transfer.pull(&manifest).await),
         } {
             Ok(t) => Inbound::Landed {
@@ -401,25 +399,48 @@ impl Requester {
         let mut outbound = PrefixLedger::new();
         let halted: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
         let moved: Arc<BlobBytes> = Arc::default();
-        let jobs: Vec<_> = selection
+        let manifests: Vec<Option<BlobManifest>> = selection
             .items
             .iter()
-            .map(|item| {
-                let manifest = item.blob(files);
-                let inline = manifest
+            .map(|item| item.blob(files))
+            .collect();
+        let inline: Vec<bool> = manifests
+            .iter()
+            .map(|manifest| {
+                manifest
                     .as_ref()
                     .filter(|m| send_inline > 0 && m.size_bytes <= send_inline)
                     .filter(|m| budget >= m.size_bytes)
-                    .map(|m| {
-                        budget -= m.size_bytes;
-                        send_inline
-                    });
+                    .map(|m| budget -= m.size_bytes)
+                    .is_some()
+            })
+            .collect();
+        // The page's inline blobs are read in one batch (one blocking task on a local
+        // directory, rather than one per blob).
+        let to_read: Vec<BlobManifest> = manifests
+            .iter()
+            .zip(&inline)
+            .filter(|(_, inline)| **inline)
+            .filter_map(|(m, _)| m.clone())
+            .collect();
+        let mut read = p
+            .transfer
+            .read_local_batch(&to_read, send_inline)
+            .await
+            .into_iter();
+        let jobs: Vec<_> = selection
+            .items
+            .iter()
+            .zip(manifests)
+            .zip(inline)
+            .map(|((item, manifest), inline)| {
+                let read = if inline { read.next() } else { None };
                 push_one(
                     p.transfer.clone(),
                     halted.clone(),
                     item.origin().clone(),
                     manifest,
-                    inline,
+                    read,
                     moved.clone(),
                 )
             })
@@ -557,21 +578,49 @@ impl Requester {
             // Passed the skew guard above, so this cannot be refused.
             let _ = lock(&p.clock).receive(top, now);
         }
-        let jobs: Vec<_> = items
+        //    The blobs that came inline land in one batch (one blocking task on a local
+        //    directory, rather than one per blob); the others are pulled.
+        let manifests: Vec<Option<BlobManifest>> =
+            items.iter().map(|item| item.blob(files)).collect();
+        let wants_blob: Vec<bool> = manifests
             .iter()
-            .zip(applied)
-            .map(|(item, applied)| {
-                let manifest = item.blob(files);
-                let inline = manifest
-                    .as_ref()
-                    .and_then(|m| inline_in.get(&m.key))
-                    .cloned();
-                pull_one(p.transfer.clone(), applied, manifest, inline, moved.clone())
+            .zip(&applied)
+            .map(|(m, a)| m.is_some() && matches!(a, Ok(Applied::Written | Applied::Kept)))
+            .collect();
+        let mut to_land = Vec::new();
+        let lands_inline: Vec<bool> = manifests
+            .iter()
+            .zip(&wants_blob)
+            .map(|(m, wants)| match m.as_ref().filter(|_| *wants) {
+                Some(m) => inline_in
+                    .get(&m.key)
+                    .map(|bytes| to_land.push((m.clone(), bytes.clone())))
+                    .is_some(),
+                None => false,
+            })
+            .collect();
+        let mut landed = p.transfer.land_inline_batch(to_land).await.into_iter();
+        let jobs: Vec<_> = applied
+            .into_iter()
+            .zip(manifests)
+            .zip(lands_inline)
+            .map(|((applied, manifest), inline)| {
+                let landed = if inline { landed.next() } else { None };
+                pull_one(p.transfer.clone(), applied, manifest, landed, moved.clone())
             })
             .collect();
         let outcomes: Vec<Inbound> = stream::iter(jobs).buffered(conc).collect().await;
         report.blob_bytes_pulled = moved.pulled.load(Ordering::Relaxed);
         report.inline_bytes_received = moved.inline_received.load(Ordering::Relaxed);
+        // Blobs are durable before anything that covers them is persisted (step 6): one
+        // sync of this node's blob storage when any landed (or was found there) this round.
+        if outcomes
+            .iter()
+            .zip(&wants_blob)
+            .any(|(outcome, wants)| *wants && matches!(outcome, Inbound::Landed { .. }))
+        {
+            p.transfer.sync().await.map_err(Error::BlobSync)?;
+        }
         for ((item, key), outcome) in accepted.into_iter().zip(outcomes) {
             match outcome {
                 Inbound::Landed { written, copied } => {

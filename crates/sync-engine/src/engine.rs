@@ -55,6 +55,9 @@ impl Error {
         match self {
             Error::Round(sync_core::Error::Exchange(e)) => e.is_transient(),
             Error::Round(sync_core::Error::State(e)) | Error::Store(e) => e.is_transient(),
+            Error::Round(sync_core::Error::BlobSync(e)) => {
+                matches!(e, sync_core::BlobError::Transient { .. })
+            }
             _ => false,
         }
     }

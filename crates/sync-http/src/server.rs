@@ -28,7 +28,7 @@ use object_store::{
     PutOptions, PutPayload,
 };
 use serde_json::json;
-use sync_core::{valid_app_id, Channel, ExchangeError, ExchangeTransport};
+use sync_core::{valid_app_id, BlobStore, Channel, ExchangeError, ExchangeTransport};
 use sync_protocol::{error_code, Codec, ExchangeRequest};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -178,6 +178,7 @@ pub struct SyncServiceBuilder {
     anonymous: Option<Scope>,
     config: ServerConfig,
     clock: WallClock,
+    durable_uploads: Option<Arc<dyn BlobStore>>,
 }
 
 impl SyncServiceBuilder {
@@ -218,6 +219,17 @@ impl SyncServiceBuilder {
     /// (default: the system clock).
     pub fn clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Makes every upload durable before acknowledging it, with `store`'s
+    /// [`BlobStore::sync`] (the same storage as the service's object store: a local
+    /// directory, whose uploads are otherwise only in the page cache). Concurrent uploads
+    /// share one sync where the store does (`sync_blobs::ObjectBlobs`: one `syncfs` for all
+    /// callers waiting). Off by default, for stores whose acknowledged writes are durable
+    /// (S3).
+    pub fn durable_uploads(mut self, store: Arc<dyn BlobStore>) -> Self {
+        self.durable_uploads = Some(store);
         self
     }
 
@@ -282,6 +294,7 @@ impl SyncServiceBuilder {
                     metrics: metrics.clone(),
                 }),
                 blobs: self.blobs,
+                durable_uploads: self.durable_uploads,
                 auth,
                 config: self.config,
                 metrics,
@@ -310,6 +323,7 @@ pub struct SyncService {
 struct Inner {
     provider: Arc<dyn ResponderProvider>,
     blobs: Arc<dyn ObjectStore>,
+    durable_uploads: Option<Arc<dyn BlobStore>>,
     auth: Authenticator,
     config: ServerConfig,
     exchanges: Semaphore,
@@ -341,6 +355,7 @@ impl SyncService {
             anonymous: None,
             config: ServerConfig::default(),
             clock: system_clock(),
+            durable_uploads: None,
         }
     }
 
@@ -538,6 +553,11 @@ fn upload_failure(e: object_store::Error) -> Response<ResponseBody> {
         return key_collision();
     }
     store_failure(e)
+}
+
+/// 503: the store took the upload but could not make it durable; the client retries.
+fn unavailable(message: String) -> Response<ResponseBody> {
+    error_response(StatusCode::SERVICE_UNAVAILABLE, message)
 }
 
 fn key_collision() -> Response<ResponseBody> {
@@ -1184,6 +1204,15 @@ impl Inner {
                     .put_opts(&key, rest, PutOptions::from(attributes))
                     .await
             }
+        };
+        // Durable before acknowledged: the requester ships the metadata that names the blob
+        // once this answer says it is stored.
+        let stored = match (stored, &self.durable_uploads) {
+            (Ok(result), Some(store)) => match store.sync().await {
+                Ok(()) => Ok(result),
+                Err(e) => return unavailable(format!("the upload could not be made durable: {e}")),
+            },
+            (stored, _) => stored,
         };
         match stored {
             Ok(result) => {

@@ -88,14 +88,10 @@ pub fn server_blobs(blobs: ObjectBlobs) -> ObjectBlobs {
     rewrap(&blobs, points)
 }
 
-/// `blobs` around a wrapped object store, keeping whether it writes content types.
+/// `blobs` around a wrapped object store, keeping whether it writes content types and its
+/// durability (every operation goes through the wrapper, so the crash points fire).
 fn rewrap(blobs: &ObjectBlobs, points: BlobPoints) -> ObjectBlobs {
-    let wrapped = ObjectBlobs::new(wrap(blobs.object_store().clone(), points));
-    if blobs.writes_content_type() {
-        wrapped
-    } else {
-        wrapped.without_content_type()
-    }
+    blobs.wrapped(wrap(blobs.object_store().clone(), points))
 }
 
 #[derive(Debug)]
