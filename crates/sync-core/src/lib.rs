@@ -5,6 +5,7 @@ mod error;
 mod item;
 mod local;
 mod namespace;
+mod pipeline;
 mod ports;
 mod prefix;
 mod responder;
@@ -17,6 +18,7 @@ pub use error::{BlobError, BoxError, Error, ExchangeError, ItemProblem, StoreErr
 pub use item::{BlobManifest, Item, ItemKey, Residency};
 pub use local::ChannelData;
 pub use namespace::{row_key, AppNamespace, MissingKey, NamespaceError, TableSpec};
+pub use pipeline::Rounds;
 pub use ports::{
     inline_unsupported, AppRowStore, Applied, BlobDigest, BlobStamp, BlobStore, BlobTransfer,
     ChannelState, ExchangeTransport, RecordStore, SyncStateStore, TimeSource, Transferred,

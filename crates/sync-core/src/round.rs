@@ -12,12 +12,13 @@ use std::{
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
 use sync_hlc::{Clock, Hlc, NodeId, Watermarks};
-use sync_protocol::{ExchangeRequest, InlineBlob, Refusal, PROTOCOL_VERSION};
+use sync_protocol::{ExchangeRequest, ExchangeResponse, InlineBlob, Refusal, PROTOCOL_VERSION};
 
 use crate::{
-    local::channel_violation, Applied, BlobManifest, BlobTransfer, ChannelData, ChannelState,
-    CutOrder, Error, ExchangeError, ExchangeTransport, Item, ItemKey, ItemProblem, PrefixLedger,
-    Selection, SyncStateStore, TimeSource, Transferred,
+    local::{channel_violation, Scope},
+    Applied, BlobManifest, BlobTransfer, ChannelData, ChannelState, CutOrder, Error, ExchangeError,
+    ExchangeTransport, Item, ItemKey, ItemProblem, PrefixLedger, Selection, SyncStateStore,
+    TimeSource, Transferred,
 };
 
 /// A node's clock, shared by its local writes and every channel's rounds.
@@ -46,6 +47,10 @@ pub struct RoundConfig {
     /// Most bytes of inline blobs one request carries (default 8 MiB); the blobs past it
     /// are pushed through `/files`.
     pub inline_budget: u64,
+    /// Pipelined pulls in [`Requester::rounds`] (default on): while a page lands, the next
+    /// page is already asked for, when nothing is owed outbound and no failure is pending
+    /// (decision 0012).
+    pub pipelined_pulls: bool,
     /// The page-cut order; only the default is correct (the simulator's teeth tests use
     /// the other).
     #[doc(hidden)]
@@ -60,6 +65,7 @@ impl Default for RoundConfig {
             blob_concurrency: 8,
             inline_blob_limit: 64 * 1024,
             inline_budget: 8 * 1024 * 1024,
+            pipelined_pulls: true,
             cut_order: CutOrder::PerOriginVersion,
         }
     }
@@ -89,6 +95,11 @@ impl RoundConfig {
     /// Sets the most inline blob bytes per request.
     pub fn with_inline_budget(mut self, bytes: u64) -> Self {
         self.inline_budget = bytes;
+        self
+    }
+    /// Turns pipelined pulls on or off.
+    pub fn with_pipelined_pulls(mut self, on: bool) -> Self {
+        self.pipelined_pulls = on;
         self
     }
 }
@@ -156,6 +167,14 @@ pub struct RoundReport {
     pub inline_bytes_sent: u64,
     /// Blob bytes that came inline in the response and were stored here.
     pub inline_bytes_received: u64,
+    /// This round was a pipelined pull: its request went out while the previous page was
+    /// still landing, so it shipped nothing and its outbound side was not read (a normal
+    /// round follows before the channel counts as idle).
+    pub pipelined: bool,
+    /// Origin nodes whose items in a pipelined round applied but whose watermark stayed:
+    /// the previous page stopped at a failure of theirs, so the request had asked from
+    /// above the gap.
+    pub held_back: Vec<NodeId>,
 }
 
 impl RoundReport {
@@ -243,6 +262,20 @@ fn counted(
         counter.fetch_add(*bytes, Ordering::Relaxed);
     }
     moved
+}
+
+/// A round's request on its way out, with what landing its response needs.
+pub(crate) struct Outgoing {
+    /// The watermarks the request asked from (own plus our own authorship).
+    pub asked: Watermarks,
+    /// Own and peer as loaded when the round started; `None` for a pipelined round, which
+    /// reads them when it lands (after the previous round persisted).
+    pub loaded: Option<ChannelState>,
+    /// The outbound half of the report.
+    pub report: RoundReport,
+    pub scope: Scope,
+    /// The largest blob this node takes inline.
+    pub own_inline: u64,
 }
 
 /// Pushes one item's blob unless its origin node already failed this round, or ships it
@@ -352,6 +385,17 @@ impl Requester {
     /// One exchange round. On error nothing was persisted (applying the same round again
     /// is harmless); item-level failures are reported in the result instead.
     pub async fn exchange(&self) -> Result<RoundReport, Error> {
+        let (outgoing, request) = self.prepare().await?;
+        let response = self.parts.transport.exchange(request).await?;
+        self.land(outgoing, response).await
+    }
+
+    pub(crate) fn parts(&self) -> &RequesterParts {
+        &self.parts
+    }
+
+    /// Steps 1-4 of a round: the request, with its blobs pushed.
+    pub(crate) async fn prepare(&self) -> Result<(Outgoing, ExchangeRequest), Error> {
         let p = &self.parts;
         let channel = p.data.channel().clone();
         let scope = p.data.scope().await?;
@@ -520,7 +564,37 @@ impl Requester {
                 request.watermarks.advance(&clock.last());
             }
         }
-        let response = p.transport.exchange(request).await?;
+        let outgoing = Outgoing {
+            asked: request.watermarks.clone(),
+            loaded: Some(ChannelState { own, peer }),
+            report,
+            scope,
+            own_inline,
+        };
+        Ok((outgoing, request))
+    }
+
+    /// Steps 5-7 of a round: apply the response, persist, report.
+    pub(crate) async fn land(
+        &self,
+        outgoing: Outgoing,
+        response: ExchangeResponse,
+    ) -> Result<RoundReport, Error> {
+        let p = &self.parts;
+        let channel = p.data.channel().clone();
+        let Outgoing {
+            asked,
+            loaded,
+            mut report,
+            scope,
+            own_inline,
+        } = outgoing;
+        let files = scope.files_enabled();
+        let conc = p.config.blob_concurrency.max(1);
+        let ChannelState { own, peer } = match loaded {
+            Some(state) => state,
+            None => p.state.load(&channel).await.map_err(Error::State)?,
+        };
         self.peer_inline_limit
             .store(response.accept_inline_blobs.unwrap_or(0), Ordering::Relaxed);
         // Blobs the responder sent inline, by key; an item whose blob is not among them (or
@@ -600,6 +674,7 @@ impl Requester {
             })
             .collect();
         let mut landed = p.transfer.land_inline_batch(to_land).await.into_iter();
+        let moved: Arc<BlobBytes> = Arc::default();
         let jobs: Vec<_> = applied
             .into_iter()
             .zip(manifests)
@@ -645,11 +720,30 @@ impl Requester {
             }
         }
 
+        // A pipelined request asked from watermarks that assumed the previous page landed
+        // whole. Where own is not what was asked (that page stopped at a failure of the
+        // origin node), the items applied under last-write-wins, but the watermark must not
+        // jump the gap (contiguous prefix, INV-03): it stays, and the next normal round
+        // delivers them again from the gap.
+        let mut advance = ledger.advance();
+        if report.pipelined {
+            let gapped: Vec<NodeId> = advance
+                .iter()
+                .map(|(origin, _)| origin)
+                .filter(|o| asked.get(o.as_str()) != own.get(o.as_str()))
+                .cloned()
+                .collect();
+            for origin in gapped {
+                advance.remove(origin.as_str());
+                report.held_back.push(origin);
+            }
+        }
+
         // 6. Persist, only now that the data it covers is durable: own advances over each
         //    origin node's contiguous landed prefix; peer is replaced by the coverage report
         //    (it may go down after a peer wipe, which makes us ship again).
         let state = ChannelState {
-            own: own.clone().merged(&ledger.advance()),
+            own: own.clone().merged(&advance),
             peer: response.responder_watermarks,
         };
         let clock_state = lock(&p.clock).state();
@@ -668,7 +762,8 @@ impl Requester {
             || report.outbound_has_more
             || report.outbound_blocked.is_some()
             || !report.failures.is_empty()
-            || !report.halted_by_peer.is_empty();
+            || !report.halted_by_peer.is_empty()
+            || !report.held_back.is_empty();
         for f in &report.failures {
             tracing::warn!(%channel, at = %f.at, direction = ?f.direction, problem = %f.problem, "item did not land this round");
         }
@@ -676,7 +771,8 @@ impl Requester {
     }
 
     /// Runs rounds until neither side has more, stopping early when two rounds in a row
-    /// only retried failing items (stalled), or after `max_rounds`. Errors end the loop;
+    /// only retried failing items (stalled), or after `max_rounds`; pulls are pipelined
+    /// when the configuration says so (see [`Requester::rounds`]). Errors end the loop;
     /// retrying with backoff is the caller's choice.
     pub async fn sync_until_idle(&self, max_rounds: usize) -> Result<SyncSummary, Error> {
         self.sync_until_idle_with(max_rounds, |_| {}).await
@@ -691,14 +787,16 @@ impl Requester {
     ) -> Result<SyncSummary, Error> {
         let mut summary = SyncSummary::default();
         let mut stalled_rounds = 0;
+        let mut rounds = self.rounds();
         while summary.rounds < max_rounds {
-            let r = self.exchange().await?;
+            let r = rounds.next_round().await?;
             on_round(&r);
             summary.rounds += 1;
             summary.applied += r.applied;
             summary.shipped += r.shipped;
             summary.became_resident += r.became_resident;
-            let (more, stalled) = (r.has_more, r.stalled());
+            // A pipelined round did not read the outbound side: idle needs a normal round.
+            let (more, stalled) = (r.has_more || r.pipelined, r.stalled());
             summary.last = r;
             if !more {
                 summary.complete = true;
