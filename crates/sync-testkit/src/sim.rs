@@ -40,6 +40,21 @@ pub struct SimOptions {
     pub overstate_coverage: bool,
     /// Which seeds carry small blobs inline (protocol version 2) on every side.
     pub inline_blobs: InlineBlobs,
+    /// Which seeds also sync devices until idle with pipelined pulls (decision 0012).
+    pub pipelined_pulls: PipelinedPulls,
+}
+
+/// Which seeds of a simulation run pipelined pulls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelinedPulls {
+    /// None: every round is a single exchange.
+    Never,
+    /// Every seed.
+    Always,
+    /// Seeds with bit 1 set (2, 3, 6, 7, ...; the default): half the seeds, with and
+    /// without inline blobs. On them some steps, and some heal passes, sync a device until
+    /// idle with pipelined pulls, every round checked as it ends.
+    SeedBit1,
 }
 
 /// Which seeds of a simulation carry small blobs inside the exchange.
@@ -63,6 +78,7 @@ impl Default for SimOptions {
             cut_order: CutOrder::PerOriginVersion,
             overstate_coverage: false,
             inline_blobs: InlineBlobs::OddSeeds,
+            pipelined_pulls: PipelinedPulls::SeedBit1,
         }
     }
 }
@@ -82,6 +98,10 @@ pub struct SimStats {
     pub heal_passes: usize,
     /// Blobs carried inline in requests that went out.
     pub inline_sent: usize,
+    /// Rounds that were pipelined pulls.
+    pub pipelined_rounds: usize,
+    /// Pipelined rounds that held an origin node's watermark behind a gap.
+    pub held_back: usize,
 }
 
 /// A seed that broke an invariant.
@@ -318,16 +338,16 @@ impl AppRowStore for Overstating<crate::faulty::FaultyAppRowStore> {
     }
 }
 
-/// Keeps the last request that went out, to check what was shipped.
+/// Keeps the requests that went out, to check what was shipped.
 struct Recording {
     inner: Arc<dyn ExchangeTransport>,
-    sent: Mutex<Option<ExchangeRequest>>,
+    sent: Mutex<Vec<ExchangeRequest>>,
 }
 
 #[async_trait]
 impl ExchangeTransport for Recording {
     async fn exchange(&self, request: ExchangeRequest) -> Result<ExchangeResponse, ExchangeError> {
-        *self.sent.lock().unwrap() = Some(request.clone());
+        self.sent.lock().unwrap().push(request.clone());
         self.inner.exchange(request).await
     }
 }
@@ -579,23 +599,35 @@ impl World {
         self.event(format!("dev-{d} restarts"));
     }
 
-    /// One round of device `d` on `channel`, with every per-round invariant checked.
-    /// Returns whether the round did any work.
-    fn round(&mut self, d: usize, channel: &Channel, page_limit: usize) -> Result<bool, String> {
-        self.stats.rounds += 1;
+    /// Whether this seed runs pipelined pulls.
+    fn pipelined(&self) -> bool {
+        match self.options.pipelined_pulls {
+            PipelinedPulls::Never => false,
+            PipelinedPulls::Always => true,
+            PipelinedPulls::SeedBit1 => self.seed & 2 != 0,
+        }
+    }
+
+    /// A requester of device `d` on `channel`, for one round or one run of rounds, and the
+    /// record of its requests.
+    fn requester(
+        &self,
+        d: usize,
+        channel: &Channel,
+        page_limit: usize,
+    ) -> (Requester, Arc<Recording>) {
         let dev = &self.devices[d];
-        let before = dev.side.state.get(channel);
-        let candidates = stored(&dev.side, channel);
         let recording = Arc::new(Recording {
             inner: Arc::new(FaultyTransport {
                 inner: Arc::new(self.responder(channel)),
                 faults: dev.transport_faults.clone(),
             }),
-            sent: Mutex::new(None),
+            sent: Mutex::new(Vec::new()),
         });
         let mut config = RoundConfig::default()
             .with_page_limit(page_limit)
-            .with_scan_page_size(1 + page_limit / 2);
+            .with_scan_page_size(1 + page_limit / 2)
+            .with_pipelined_pulls(self.pipelined());
         config.cut_order = self.options.cut_order;
         let requester = Requester::new(RequesterParts {
             data: dev.side.data(channel),
@@ -609,11 +641,22 @@ impl World {
             time: dev.side.time.clone(),
             config,
         })
-        // A requester lives for one round here; a real one learns this from its first
-        // response. (Without inline support on the device, it sends none.)
+        // A requester lives for one round (or run) here; a real one learns this from its
+        // first response. (Without inline support on the device, it sends none.)
         .assume_peer_inline_limit(SIM_INLINE_LIMIT);
+        (requester, recording)
+    }
+
+    /// One round of device `d` on `channel`, with every per-round invariant checked.
+    /// Returns whether the round did any work.
+    fn round(&mut self, d: usize, channel: &Channel, page_limit: usize) -> Result<bool, String> {
+        self.stats.rounds += 1;
+        let dev = &self.devices[d];
+        let before = dev.side.state.get(channel);
+        let candidates = stored(&dev.side, channel);
+        let (requester, recording) = self.requester(d, channel, page_limit);
         let result = block_on(requester.exchange());
-        let sent = recording.sent.lock().unwrap().take();
+        let sent = recording.sent.lock().unwrap().pop();
         if let Some(req) = &sent {
             check_prefix(d, &before.peer, &candidates, req)?;
             self.stats.inline_sent += req.inline_blobs.len();
@@ -642,6 +685,87 @@ impl World {
                     || before.peer != after.peer)
             }
         }
+    }
+
+    /// Device `d` syncs `channel` until idle (at most 12 rounds) with pipelined pulls, every
+    /// round's invariants checked as it ends (its state persisted by then), INV-10 on a
+    /// failed round, and the gap rule: an origin node a pipelined round held back keeps
+    /// its watermark. Returns whether any round did work.
+    fn sync(&mut self, d: usize, channel: &Channel, page_limit: usize) -> Result<bool, String> {
+        let (requester, recording) = self.requester(d, channel, page_limit);
+        let world = &*self;
+        let side = &world.devices[d].side;
+        let mut before = side.state.get(channel);
+        let mut candidates = stored(side, channel);
+        let mut broken: Option<String> = None;
+        let (mut rounds, mut pipelined, mut held_back, mut inline) = (0, 0, 0, 0);
+        let mut busy = false;
+        let mut events = Vec::new();
+        let result = block_on(requester.sync_until_idle_with(12, |r| {
+            rounds += 1;
+            pipelined += usize::from(r.pipelined);
+            held_back += r.held_back.len();
+            let after = side.state.get(channel);
+            busy |= r.applied > 0
+                || r.shipped > 0
+                || r.has_more
+                || r.became_resident > 0
+                || before.peer != after.peer;
+            events.push(format!(
+                "dev-{d} {channel} limit {page_limit} (until idle){}: applied {} resident {} shipped {} more {} failures {} halted {:?} held back {:?}",
+                if r.pipelined { " pipelined" } else { "" },
+                r.applied, r.became_resident, r.shipped, r.has_more, r.failures.len(), r.halted_by_peer, r.held_back
+            ));
+            if broken.is_some() {
+                return;
+            }
+            let sent = std::mem::take(&mut *recording.sent.lock().unwrap());
+            let checked = sent
+                .iter()
+                .inspect(|req| inline += req.inline_blobs.len())
+                .try_for_each(|req| check_prefix(d, &before.peer, &candidates, req))
+                .and_then(|()| {
+                    if r.pipelined && r.shipped > 0 {
+                        return Err(format!("dev-{d}: a pipelined round shipped {}", r.shipped));
+                    }
+                    for n in &r.held_back {
+                        if after.own.get(n.as_str()) != before.own.get(n.as_str()) {
+                            return Err(format!(
+                                "INV-03: dev-{d} own[{n}] moved in a pipelined round that held it back"
+                            ));
+                        }
+                    }
+                    world.check_round(d, channel, &before, &after)
+                });
+            if let Err(e) = checked {
+                broken = Some(e);
+            }
+            before = after;
+            candidates = stored(side, channel);
+        }));
+        let after = side.state.get(channel);
+        let failed = result.as_ref().err().map(|e| e.to_string());
+        // A failed round leaves the bookkeeping of the last completed one (INV-10).
+        let inv10 = failed.is_some() && after != before;
+        self.stats.rounds += rounds + usize::from(failed.is_some());
+        self.stats.pipelined_rounds += pipelined;
+        self.stats.held_back += held_back;
+        self.stats.inline_sent += inline;
+        for e in events {
+            self.event(e);
+        }
+        if let Some(e) = broken {
+            return Err(e);
+        }
+        if let Some(e) = failed {
+            self.stats.failed_rounds += 1;
+            self.event(format!("dev-{d} {channel} until idle failed: {e}"));
+            if inv10 {
+                return Err(format!("INV-10: dev-{d} state changed by a failed round"));
+            }
+            return Ok(true);
+        }
+        Ok(busy)
     }
 
     // ---- invariants ----------------------------------------------------------------------
@@ -754,7 +878,12 @@ impl World {
                 38..=74 => {
                     let channel = self.rng.pick(&channels()).clone();
                     let limit = 1 + self.rng.below(5) as usize;
-                    self.round(d, &channel, limit).map(|_| ())
+                    // Only pipelined seeds draw this, so the other seeds replay as before.
+                    if self.pipelined() && self.rng.chance(35) {
+                        self.sync(d, &channel, limit).map(|_| ())
+                    } else {
+                        self.round(d, &channel, limit).map(|_| ())
+                    }
                 }
                 75..=84 => {
                     self.arm_fault();
@@ -807,7 +936,12 @@ impl World {
             for d in 0..self.devices.len() {
                 for channel in channels() {
                     let limit = 1 + self.rng.below(5) as usize;
-                    busy |= self.round(d, &channel, limit).map_err(|m| self.fail(m))?;
+                    let outcome = if self.pipelined() && self.rng.chance(50) {
+                        self.sync(d, &channel, limit)
+                    } else {
+                        self.round(d, &channel, limit)
+                    };
+                    busy |= outcome.map_err(|m| self.fail(m))?;
                 }
             }
             pass += 1;

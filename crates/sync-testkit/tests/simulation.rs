@@ -23,6 +23,7 @@ fn simulation_keeps_every_invariant() {
     let first = env_u64("STARKEEP_SIM_SEED").unwrap_or(0);
     let started = Instant::now();
     let (mut rounds, mut writes, mut failed, mut inline) = (0, 0, 0, 0);
+    let (mut pipelined, mut held_back) = (0, 0);
     for seed in first..first + seeds {
         match run_seed(seed, &SimOptions::default()) {
             Ok(stats) => {
@@ -30,18 +31,23 @@ fn simulation_keeps_every_invariant() {
                 writes += stats.writes;
                 failed += stats.failed_rounds;
                 inline += stats.inline_sent;
+                pipelined += stats.pipelined_rounds;
+                held_back += stats.held_back;
             }
             Err(failure) => panic!("{failure}"),
         }
     }
     eprintln!(
         "simulated {seeds} seeds from {first}: {rounds} rounds ({failed} failed as a whole), \
-         {writes} writes, {inline} blobs shipped inline, in {:.1?}",
+         {writes} writes, {inline} blobs shipped inline, {pipelined} pipelined rounds \
+         ({held_back} origin nodes held back at a gap), in {:.1?}",
         started.elapsed()
     );
     // Odd seeds carry small blobs inline: the run must have exercised that path.
     if seeds >= 10 {
         assert!(inline > 0, "no blob was ever shipped inline");
+        // Seeds with bit 1 set sync with pipelined pulls.
+        assert!(pipelined > 0, "no round was ever a pipelined pull");
     }
 }
 
