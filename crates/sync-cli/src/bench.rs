@@ -80,6 +80,9 @@ pub struct BenchArgs {
     /// Items per round (default: the engine's, 1000).
     #[arg(long)]
     page_limit: Option<usize>,
+    /// Nodes run their rounds without pipelined pulls (for an A/B against the default).
+    #[arg(long)]
+    no_pipelined_pulls: bool,
     /// A PostgreSQL database for issue 3's storage figures on PostgreSQL and the load
     /// scenario's scale-out setup (each run works in fresh schemas it drops again).
     #[arg(long, env = "STARKEEP_BENCH_POSTGRES_URL")]
@@ -210,6 +213,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         sizes,
         runs,
         page_limit: args.page_limit,
+        pipelined_pulls: args.no_pipelined_pulls.then_some(false),
         postgres_url: args.postgres_url.clone(),
     };
     let load_plan = if chosen.contains(&ScenarioId::Load) {
@@ -228,6 +232,9 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     command.push_str(&format!(" --runs {runs}"));
     if let Some(n) = args.page_limit {
         command.push_str(&format!(" --page-limit {n}"));
+    }
+    if args.no_pipelined_pulls {
+        command.push_str(" --no-pipelined-pulls");
     }
     if !args.scenarios.is_empty() {
         for s in &chosen {
@@ -399,6 +406,7 @@ struct Bench {
     sizes: Sizes,
     runs: usize,
     page_limit: Option<usize>,
+    pipelined_pulls: Option<bool>,
     postgres_url: Option<String>,
 }
 
@@ -485,6 +493,7 @@ impl Bench {
             home: home.to_path_buf(),
             channel: channel.to_string(),
             page_limit: self.page_limit,
+            pipelined_pulls: self.pipelined_pulls,
             job,
         };
         let out = self

@@ -611,7 +611,10 @@ async fn sync(
             .with_context(|| format!("--channel {c:?}: use `drive` or `app:APP_ID`"))?],
         None => node.channels(),
     };
-    let options = EngineOptions { page_limit };
+    let options = EngineOptions {
+        page_limit,
+        ..EngineOptions::default()
+    };
     let progress = !json && std::io::stderr().is_terminal();
     let mut summaries = Vec::new();
     let mut code = exit::OK;

@@ -51,6 +51,8 @@ const METRICS_FILE: &str = "metrics.json";
 pub struct EngineOptions {
     /// Page limit override.
     pub page_limit: Option<usize>,
+    /// Pipelined pulls on or off (the engine's default, on, when `None`).
+    pub pipelined_pulls: Option<bool>,
 }
 
 impl Node {
@@ -164,6 +166,9 @@ impl Node {
             builder = builder.page_limit(n);
         } else {
             builder = builder.page_limit(RoundConfig::default().page_limit);
+        }
+        if let Some(on) = options.pipelined_pulls {
+            builder = builder.pipelined_pulls(on);
         }
         let shared = self.clock.lock().expect("clock slot").clone();
         if let Some(clock) = shared {

@@ -60,7 +60,8 @@ fn quick_bench_runs_and_reports() {
         let median = download[figure]["median"].as_f64();
         assert!(median.is_some_and(|m| m > 0.0), "{figure}: {download}");
     }
-    assert_eq!(download["rounds"]["median"].as_f64(), Some(50.0));
+    // 50 pages, the last 49 pipelined, then the normal round that finds both sides idle.
+    assert_eq!(download["rounds"]["median"].as_f64(), Some(51.0));
     assert!(
         scenarios[3]["verdict"]["met"].is_boolean(),
         "the largest no-op size is judged"

@@ -220,6 +220,13 @@ impl EngineBuilder {
             .with_max_drift_ms(drift.as_millis() as u64);
         self
     }
+    /// Pipelined pulls in [`Engine::sync_until_idle`] (default on): while a page lands,
+    /// the next is already asked for, when nothing is owed outbound and no failure is
+    /// pending (decision 0012).
+    pub fn pipelined_pulls(mut self, on: bool) -> Self {
+        self.round = self.round.with_pipelined_pulls(on);
+        self
+    }
     /// Retries of transient failures in [`Engine::sync_until_idle`].
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
@@ -478,6 +485,14 @@ impl Engine {
     /// more remains and how long it took recorded when it ends), counted in the metrics and
     /// announced to listeners.
     async fn round(&self) -> Result<RoundReport, Error> {
+        self.round_of(self.inner.requester.exchange()).await
+    }
+
+    /// [`Engine::round`] of a round run by `exchange`.
+    async fn round_of(
+        &self,
+        exchange: impl std::future::Future<Output = Result<RoundReport, sync_core::Error>>,
+    ) -> Result<RoundReport, Error> {
         let number = self.inner.rounds.fetch_add(1, Ordering::Relaxed) + 1;
         let span = tracing::info_span!(
             "round",
@@ -494,13 +509,7 @@ impl Engine {
             error = field::Empty,
         );
         let started = Instant::now();
-        let result = self
-            .inner
-            .requester
-            .exchange()
-            .instrument(span.clone())
-            .await
-            .map_err(Error::from);
+        let result = exchange.instrument(span.clone()).await.map_err(Error::from);
         let elapsed = started.elapsed();
         let now = self.inner.time.now_ms();
         match &result {
@@ -574,22 +583,24 @@ impl Engine {
     }
 
     /// The loop of `sync_core::Requester::sync_until_idle_with` (same stopping rules: idle,
-    /// two stalled rounds in a row, or `max_rounds`), run here so that every round gets its
-    /// own span and is counted.
+    /// two stalled rounds in a row, or `max_rounds`; pipelined pulls when configured), run
+    /// here so that every round gets its own span and is counted.
     async fn rounds_until_idle(
         &self,
         on_round: &mut (impl FnMut(&RoundReport) + Send),
     ) -> Result<SyncSummary, Error> {
         let mut summary = SyncSummary::default();
         let mut stalled_rounds = 0;
+        let mut rounds = self.inner.requester.rounds();
         while summary.rounds < self.inner.max_rounds {
-            let r = self.round().await?;
+            let r = self.round_of(rounds.next_round()).await?;
             on_round(&r);
             summary.rounds += 1;
             summary.applied += r.applied;
             summary.shipped += r.shipped;
             summary.became_resident += r.became_resident;
-            let (more, stalled) = (r.has_more, r.stalled());
+            // A pipelined round did not read the outbound side: idle needs a normal round.
+            let (more, stalled) = (r.has_more || r.pipelined, r.stalled());
             summary.last = r;
             if !more {
                 summary.complete = true;

@@ -17,7 +17,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -61,6 +61,9 @@ pub enum ChildSpec {
         channel: String,
         /// Items per round (the engine's default when `None`).
         page_limit: Option<usize>,
+        /// Pipelined pulls on or off (the engine's default when `None`).
+        #[serde(default)]
+        pipelined_pulls: Option<bool>,
         /// Which rounds.
         job: NodeJob,
     },
@@ -179,11 +182,16 @@ pub async fn run(spec: ChildSpec) -> Result<u8> {
             home,
             channel,
             page_limit,
+            pipelined_pulls,
             job,
         } => {
             let channel = Channel::parse(&channel)
                 .with_context(|| format!("bad channel {channel:?} in the bench spec"))?;
-            let report = rounds(&home, channel, page_limit, job).await?;
+            let options = EngineOptions {
+                page_limit,
+                pipelined_pulls,
+            };
+            let report = rounds(&home, channel, &options, job).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(crate::exit::OK)
         }
@@ -251,41 +259,49 @@ async fn serve(
 async fn rounds(
     home: &std::path::Path,
     channel: Channel,
-    page_limit: Option<usize>,
+    options: &EngineOptions,
     job: NodeJob,
 ) -> Result<NodeReport> {
     let node = Node::open(home).await?;
-    let engine = node
-        .engine(channel.clone(), &EngineOptions { page_limit })
-        .await?;
+    let engine = node.engine(channel.clone(), options).await?;
     let mut report = NodeReport::default();
     match job {
         NodeJob::UntilIdle => {
+            // `sync_until_idle`, as `starkeep-sync sync --until-idle` runs it (pipelined
+            // pulls included). A round's time is from the previous round's end to its own:
+            // with pipelining, the request of a round goes out while the previous one lands.
             let started = Instant::now();
-            loop {
-                let t = Instant::now();
-                let r = engine.exchange().await?;
-                report.round_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                report.rounds += 1;
-                report.applied += r.applied;
-                report.shipped += r.shipped;
-                if let Some(f) = r.failures.first() {
-                    bail!(
-                        "{channel}: round {} had {} failed item(s), the first at {}: {}",
-                        report.rounds,
-                        r.failures.len(),
-                        f.at,
-                        f.problem
-                    );
-                }
-                if !r.halted_by_peer.is_empty() || r.outbound_blocked.is_some() {
-                    bail!("{channel}: round {} stalled: {r:?}", report.rounds);
-                }
-                if !r.has_more {
-                    break;
-                }
-            }
+            let mut last = started;
+            let mut trouble: Option<String> = None;
+            let summary = engine
+                .sync_until_idle_with(|r| {
+                    let now = Instant::now();
+                    report.round_ms.push((now - last).as_secs_f64() * 1e3);
+                    last = now;
+                    report.rounds += 1;
+                    report.applied += r.applied;
+                    report.shipped += r.shipped;
+                    if trouble.is_some() {
+                        return;
+                    }
+                    if let Some(f) = r.failures.first() {
+                        trouble = Some(format!(
+                            "round {} had {} failed item(s), the first at {}: {}",
+                            report.rounds,
+                            r.failures.len(),
+                            f.at,
+                            f.problem
+                        ));
+                    } else if !r.halted_by_peer.is_empty() || r.outbound_blocked.is_some() {
+                        trouble = Some(format!("round {} stalled: {r:?}", report.rounds));
+                    }
+                })
+                .await?;
             report.elapsed_s = started.elapsed().as_secs_f64();
+            if let Some(t) = trouble {
+                bail!("{channel}: {t}");
+            }
+            ensure!(summary.complete, "{channel}: did not finish: {summary:?}");
         }
         NodeJob::Noop { warmup, rounds } => {
             let mut started = Instant::now();

@@ -404,6 +404,7 @@ pub async fn node(spec: LoadNodeSpec) -> Result<u8> {
     let node = Node::open(&spec.home).await?;
     let options = EngineOptions {
         page_limit: spec.page_limit,
+        ..EngineOptions::default()
     };
     let drive = node.engine(Channel::Drive, &options).await?;
     let app = node.engine(Channel::App(APP.into()), &options).await?;
