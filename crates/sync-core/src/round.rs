@@ -51,6 +51,10 @@ pub struct RoundConfig {
     /// page is already asked for, when nothing is owed outbound and no failure is pending
     /// (decision 0012).
     pub pipelined_pulls: bool,
+    /// Whether a pipelined page keeps own[origin] behind a gap the previous page left; only
+    /// the default (true) is correct (the simulator's teeth tests turn it off).
+    #[doc(hidden)]
+    pub pipelined_gap_rule: bool,
     /// The page-cut order; only the default is correct (the simulator's teeth tests use
     /// the other).
     #[doc(hidden)]
@@ -66,6 +70,7 @@ impl Default for RoundConfig {
             inline_blob_limit: 64 * 1024,
             inline_budget: 8 * 1024 * 1024,
             pipelined_pulls: true,
+            pipelined_gap_rule: true,
             cut_order: CutOrder::PerOriginVersion,
         }
     }
@@ -726,7 +731,7 @@ impl Requester {
         // jump the gap (contiguous prefix, INV-03): it stays, and the next normal round
         // delivers them again from the gap.
         let mut advance = ledger.advance();
-        if report.pipelined {
+        if report.pipelined && p.config.pipelined_gap_rule {
             let gapped: Vec<NodeId> = advance
                 .iter()
                 .map(|(origin, _)| origin)

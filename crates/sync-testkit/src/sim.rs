@@ -42,6 +42,8 @@ pub struct SimOptions {
     pub inline_blobs: InlineBlobs,
     /// Which seeds also sync devices until idle with pipelined pulls (decision 0012).
     pub pipelined_pulls: PipelinedPulls,
+    /// Let a pipelined page move a watermark over the previous page's gap (a deliberate bug).
+    pub jump_pipelined_gaps: bool,
 }
 
 /// Which seeds of a simulation run pipelined pulls.
@@ -79,6 +81,7 @@ impl Default for SimOptions {
             overstate_coverage: false,
             inline_blobs: InlineBlobs::OddSeeds,
             pipelined_pulls: PipelinedPulls::SeedBit1,
+            jump_pipelined_gaps: false,
         }
     }
 }
@@ -629,6 +632,7 @@ impl World {
             .with_scan_page_size(1 + page_limit / 2)
             .with_pipelined_pulls(self.pipelined());
         config.cut_order = self.options.cut_order;
+        config.pipelined_gap_rule = !self.options.jump_pipelined_gaps;
         let requester = Requester::new(RequesterParts {
             data: dev.side.data(channel),
             state: dev.side.state.clone(),

@@ -64,6 +64,19 @@ fn simulation_catches_a_table_order_cut() {
     eprintln!("caught at seed {}: {}", failure.seed, failure.message);
 }
 
+/// The simulator has teeth: a pipelined page that moves a watermark over the gap the
+/// previous page left (its origin failed there) is caught.
+#[test]
+fn simulation_catches_a_pipelined_pull_that_jumps_a_gap() {
+    let options = SimOptions {
+        jump_pipelined_gaps: true,
+        ..SimOptions::default()
+    };
+    let caught = (0..2000).find_map(|seed| run_seed(seed, &options).err());
+    let failure = caught.expect("a pipelined pull jumping a gap went unnoticed for 2000 seeds");
+    eprintln!("caught at seed {}: {}", failure.seed, failure.message);
+}
+
 /// The simulator has teeth: a responder whose coverage report overstates what it holds is
 /// caught.
 #[test]
