@@ -343,18 +343,6 @@ impl ChannelData {
         Ok(())
     }
 
-    /// The stored version of an item (a tombstone included), if any.
-    pub(crate) async fn stored_version(&self, key: &ItemKey) -> Result<Option<Hlc>, StoreError> {
-        Ok(match key {
-            ItemKey::Record { id } => self.records()?.get(id).await?.map(|r| r.hlc().clone()),
-            ItemKey::Row { app, table, key } => self
-                .rows()?
-                .get(app, table, key)
-                .await?
-                .map(|r| r.hlc().clone()),
-        })
-    }
-
     /// The identity of an item on this channel; refuses rows of unknown tables or without
     /// their primary key.
     pub(crate) fn key_of(&self, scope: &Scope, item: &Item) -> Result<ItemKey, String> {

@@ -6,7 +6,6 @@ use std::{
 };
 
 use async_trait::async_trait;
-use sync_hlc::{Hlc, Watermarks};
 use sync_protocol::{
     error_code, refusal_code, ExchangeRequest, ExchangeResponse, InlineBlob, Refusal,
     PROTOCOL_VERSION,
@@ -292,11 +291,6 @@ impl Responder {
         let mut ledger = PrefixLedger::new();
         let mut refusals = Vec::new();
 
-        // Our coverage before the apply, read once when there is something to apply.
-        let before = match inbound.is_empty() {
-            true => Watermarks::new(),
-            false => union(&p.data.stream_coverage(&scope.streams).await?),
-        };
         // Coverage honesty across data loss: the requester cut its page above the coverage
         // it last heard from us. If we now cover less for an origin node (we lost data since),
         // its items would leave a gap that our coverage (a maximum) would then jump over, so
@@ -306,6 +300,7 @@ impl Responder {
             .as_ref()
             .filter(|_| !inbound.is_empty())
         {
+            let before = union(&p.data.stream_coverage(&scope.streams).await?);
             for item in &inbound {
                 let Some(assumed) = basis.get(item.origin().as_str()) else {
                     continue;
@@ -325,43 +320,9 @@ impl Responder {
                 }
             }
         }
-        // New versions below coverage (decision 0030). Origins ship in version order and a
-        // failure halts them, so every version of a node at or below our coverage of it was
-        // held here: stored, or replaced by a newer version of the same item. One that would
-        // be written now (no stored version of its item at or above it) was never part of
-        // that node's history here, and devices that already cover past it would never be
-        // sent it: refused. Repeats and losers change nothing and pass. Only items at or
-        // below coverage are read, which honest traffic sends only as repeats.
-        let mut below_coverage: HashMap<Hlc, String> = HashMap::new();
-        for item in inbound
-            .iter()
-            .filter(|i| before.covers(i.hlc()) && ledger.first_failure(i.origin()).is_none())
-        {
-            let Ok(key) = p.data.key_of(&scope, item) else {
-                continue;
-            };
-            if p.data
-                .stored_version(&key)
-                .await?
-                .is_some_and(|v| &v >= item.hlc())
-            {
-                continue;
-            }
-            let coverage = before
-                .get(item.origin().as_str())
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            below_coverage.insert(
-                item.hlc().clone(),
-                format!(
-                    "{key} at version {} is below this responder's coverage of node {} \
-                     ({coverage}) but was never held here; refused, as devices that cover \
-                     past it would never receive it (forged, or a sender that skipped it)",
-                    item.hlc(),
-                    item.origin(),
-                ),
-            );
-        }
+        // A new version below our coverage of its origin is accepted like any other (LWW):
+        // coverage does not prove we held every version below it, because a device relays
+        // another node's versions skipping those it holds superseded (decision 0030).
         // Inline blobs first, concurrently: verified against the content hash of the item
         // naming them and stored, for items that pass the per-item checks (a refused item's
         // blob is never stored). The apply below accepts an item only once its blob is here.
@@ -369,9 +330,7 @@ impl Responder {
             .iter()
             .filter(|i| ledger.first_failure(i.origin()).is_none())
             .filter(|i| {
-                lock(&p.clock).check_skew(i.hlc(), now).is_ok()
-                    && p.data.key_of(&scope, i).is_ok()
-                    && !below_coverage.contains_key(i.hlc())
+                lock(&p.clock).check_skew(i.hlc(), now).is_ok() && p.data.key_of(&scope, i).is_ok()
             })
             .filter_map(|i| i.blob(files))
             .filter_map(|m| inline_in.remove(&m.key).map(|bytes| (m, bytes)))
@@ -426,8 +385,6 @@ impl Responder {
                     _ => refusal_code::UNKNOWN_TABLE,
                 };
                 Some((code, reason))
-            } else if let Some(reason) = below_coverage.get(item.hlc()) {
-                Some((refusal_code::BELOW_COVERAGE, reason.clone()))
             } else if let Some(manifest) = item.blob(files) {
                 match inline_landed.get(&manifest.key) {
                     // Verified on arrival, before it was stored: not read again.

@@ -315,7 +315,7 @@ impl ServerMetrics {
             "starkeep_exchange_items_refused_total",
             "counter",
             "Shipped items refused, by channel and reason (the refusal's code: skew, \
-             coverage_gap, below_coverage, unknown_table, missing_key, blob_missing, \
+             coverage_gap, unknown_table, missing_key, blob_missing, \
              blob_mismatch, blob_check_failed, inline_blob, store_failed; or other).",
             t.refused.iter().map(|((channel, reason), n)| {
                 (vec![("channel", channel.as_str()), ("reason", *reason)], *n)
@@ -729,8 +729,8 @@ mod tests {
             code: code.map(str::to_string),
         };
         assert_eq!(
-            refusal_label(&coded(Some("below_coverage"), "anything")),
-            "below_coverage"
+            refusal_label(&coded(Some("coverage_gap"), "anything")),
+            "coverage_gap"
         );
         assert_eq!(
             refusal_label(&coded(Some("blob_mismatch"), "")),

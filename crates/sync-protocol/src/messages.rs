@@ -305,8 +305,6 @@ pub mod refusal_code {
     /// The responder lost data since the page was cut (decision 0001): ship again from its
     /// coverage report.
     pub const COVERAGE_GAP: &str = "coverage_gap";
-    /// A new version below the responder's coverage of its origin, never held there.
-    pub const BELOW_COVERAGE: &str = "below_coverage";
     /// The app row's table is not registered for the app.
     pub const UNKNOWN_TABLE: &str = "unknown_table";
     /// The app row lacks part of its primary key.
@@ -326,7 +324,6 @@ pub mod refusal_code {
     pub const ALL: &[&str] = &[
         SKEW,
         COVERAGE_GAP,
-        BELOW_COVERAGE,
         UNKNOWN_TABLE,
         MISSING_KEY,
         BLOB_MISSING,

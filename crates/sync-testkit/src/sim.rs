@@ -678,8 +678,9 @@ impl World {
             }
             Ok(r) => {
                 self.event(format!(
-                    "dev-{d} {channel} limit {page_limit}: applied {} resident {} shipped {} more {} failures {} halted {:?}",
-                    r.applied, r.became_resident, r.shipped, r.has_more, r.failures.len(), r.halted_by_peer
+                    "dev-{d} {channel} limit {page_limit}: applied {} resident {} shipped {} more {} failures {} halted {:?}{}",
+                    r.applied, r.became_resident, r.shipped, r.has_more, r.failures.len(), r.halted_by_peer,
+                    refusals(&r.peer_refusals)
                 ));
                 self.check_round(d, channel, &before, &after)?;
                 Ok(r.applied > 0
@@ -1074,4 +1075,12 @@ fn superseded_in_flight(log: &[Version], key: &ItemKey, at: &Hlc, w: &Watermarks
 /// Runs one seed.
 pub fn run_seed(seed: u64, options: &SimOptions) -> Result<SimStats, SimFailure> {
     World::new(seed, options.clone()).run()
+}
+
+/// The peer's refusals of a round, for the event log (empty when there are none).
+fn refusals(refusals: &[sync_protocol::Refusal]) -> String {
+    refusals
+        .iter()
+        .map(|r| format!(" refused: {r:?}"))
+        .collect()
 }

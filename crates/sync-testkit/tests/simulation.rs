@@ -51,6 +51,18 @@ fn simulation_keeps_every_invariant() {
     }
 }
 
+/// Seeds that once failed, kept as regressions whatever range the run covers.
+/// 39224: a responder that refused a new version below its origin's coverage wedged two
+/// devices, each halted behind a version the other relayed past (decision 0030).
+#[test]
+fn simulation_regression_seeds() {
+    for seed in [39224] {
+        if let Err(failure) = run_seed(seed, &SimOptions::default()) {
+            panic!("{failure}");
+        }
+    }
+}
+
 /// The simulator has teeth: the classic page-order bug (cutting the page stream by stream,
 /// table order, instead of per origin node in version order) is caught.
 #[test]

@@ -348,11 +348,12 @@ async fn a_relayed_record_authored_by_another_node_is_applied_and_served_onward(
 }
 
 #[tokio::test]
-async fn a_new_version_below_the_coverage_of_its_origin_is_refused() {
-    // dev-b's coverage here is at `high`: every dev-b version at or below it was held here
-    // once (origins ship in version order and a failure halts them). A version below it that
-    // was never held can only be forged (or a bug), and nobody who already covers `high`
-    // would ever be sent it.
+async fn a_new_version_below_the_coverage_of_its_origin_is_accepted_like_any_other() {
+    // dev-b's coverage here is at `high`. A dev-b version below it that was never held here is
+    // not necessarily forged: a device relays another node's versions skipping those it holds
+    // superseded by a newer version of the same item, so coverage can pass a version this
+    // responder never saw (decision 0030, found by the simulator, seed 39224). Refusing it
+    // wedged two devices for good; it is applied under last-write-wins like any other.
     let (cloud, s) = server().await;
     let high = cloud.time.now_ms() - 1000;
     let first = serde_json::to_value(record("r2", hlc(high, "dev-b"), "", "", 0)).unwrap();
@@ -361,37 +362,22 @@ async fn a_new_version_below_the_coverage_of_its_origin_is_refused() {
         Codec::Json,
         &post(&s.base, EXCHANGE, Codec::Json, body).await,
     );
-    let before = cloud.snapshot().await;
-    let forged = serde_json::to_value(record("r1", hlc(high - 500, "dev-b"), "", "", 0)).unwrap();
+    let below = serde_json::to_value(record("r1", hlc(high - 500, "dev-b"), "", "", 0)).unwrap();
     for codec in [Codec::Json, Codec::MessagePack] {
-        let body = encode(codec, &drive_request(vec![forged.clone()]));
+        let body = encode(codec, &drive_request(vec![below.clone()]));
         let resp = decode_response(codec, &post(&s.base, EXCHANGE, codec, body).await);
-        assert_eq!(resp.halted_authors, vec![NodeId::new("dev-b").unwrap()]);
-        assert_eq!(resp.refusals.len(), 1, "{:?}", resp.refusals);
-        let reason = &resp.refusals[0].reason;
-        assert!(
-            reason.contains("below this responder's coverage")
-                && reason.contains(&hlc(high, "dev-b").to_string()),
-            "names the coverage: {reason}"
+        assert!(resp.halted_authors.is_empty(), "{codec}: {resp:?}");
+        assert!(resp.refusals.is_empty(), "{codec}: {:?}", resp.refusals);
+        assert_eq!(
+            resp.responder_watermarks.get("dev-b"),
+            Some(&hlc(high, "dev-b"))
         );
-        // The coverage report is capped below the refused version.
-        assert_eq!(resp.responder_watermarks.get("dev-b"), None);
-        assert_eq!(cloud.snapshot().await, before);
+        assert_eq!(
+            cloud.records.all()["r1"].hlc(),
+            &hlc(high - 500, "dev-b"),
+            "{codec}"
+        );
     }
-    // Repeats and losers below coverage are harmless: the same version again, and an older
-    // version of the stored item.
-    let loser = serde_json::to_value(record("r2", hlc(high - 700, "dev-b"), "", "", 0)).unwrap();
-    let body = encode(Codec::Json, &drive_request(vec![loser, first]));
-    let resp = decode_response(
-        Codec::Json,
-        &post(&s.base, EXCHANGE, Codec::Json, body).await,
-    );
-    assert!(resp.refusals.is_empty(), "{:?}", resp.refusals);
-    assert_eq!(
-        resp.responder_watermarks.get("dev-b"),
-        Some(&hlc(high, "dev-b"))
-    );
-    assert_eq!(cloud.snapshot().await, before);
 }
 
 #[tokio::test]
