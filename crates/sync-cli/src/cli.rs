@@ -14,7 +14,7 @@ use sync_blobs::{
     residency, S3Config,
 };
 use sync_engine::{
-    core::{ExchangeError, RecordStore},
+    core::{BlobStore, ExchangeError, RecordStore},
     protocol::{RowValues, SharedRecord},
     AppNamespace, Channel, Engine, RecordDraft, Residency,
 };
@@ -390,31 +390,41 @@ async fn put(home: &Path, paths: &[PathBuf], json: bool) -> Result<u8> {
     let engine = node
         .engine(Channel::Drive, &EngineOptions::default())
         .await?;
-    let mut added = Vec::new();
+    let mut stored_files = Vec::new();
     for root in paths {
         for file in walk(root)? {
             let stored = store_file(&file, &node.blobs).await?;
-            let name = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let record = engine
-                .put_record(
-                    RecordDraft::file(new_id(), stored.key, stored.sha256, stored.size)
-                        .with_mime_type(stored.mime)
-                        .with_original_filename(name.clone()),
-                )
-                .await?;
-            if !json {
-                println!(
-                    "{}  {}  {} bytes",
-                    record.id,
-                    file.display(),
-                    record.size_bytes
-                );
-            }
-            added.push(record);
+            stored_files.push((file, stored));
         }
+    }
+    // The blobs are durable before any record naming them is written (decision 0013): a
+    // power cut leaves no record whose own blob is lost.
+    node.blobs
+        .sync()
+        .await
+        .context("making the stored files durable")?;
+    let mut added = Vec::new();
+    for (file, stored) in stored_files {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let record = engine
+            .put_record(
+                RecordDraft::file(new_id(), stored.key, stored.sha256, stored.size)
+                    .with_mime_type(stored.mime)
+                    .with_original_filename(name.clone()),
+            )
+            .await?;
+        if !json {
+            println!(
+                "{}  {}  {} bytes",
+                record.id,
+                file.display(),
+                record.size_bytes
+            );
+        }
+        added.push(record);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&added)?);
