@@ -597,6 +597,29 @@ pub(crate) fn require_map(codec: Codec, bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// A whole request refused for a reason with a stable code (the server's JSON error body
+/// `{"error", "code"}`): a channel violation, an app not served here, a channel not
+/// configured. Other 4xx answers stay [`ExchangeError::BadRequest`].
+fn refusal_of(e: &Error) -> Option<ExchangeError> {
+    use sync_protocol::error_code::{CHANNEL_NOT_CONFIGURED, CHANNEL_VIOLATION, UNKNOWN_APP};
+    let Error::Status { body, .. } = e else {
+        return None;
+    };
+    // `{reason}: {body}`, the body a JSON object (unless truncated: then no code).
+    let json = &body[body.find('{')?..];
+    let body: serde_json::Value = serde_json::from_str(json).ok()?;
+    let code = body.get("code")?.as_str()?;
+    let code = [CHANNEL_VIOLATION, UNKNOWN_APP, CHANNEL_NOT_CONFIGURED]
+        .into_iter()
+        .find(|known| *known == code)?;
+    let message = body
+        .get("error")
+        .and_then(|m| m.as_str())
+        .unwrap_or(code)
+        .to_string();
+    Some(ExchangeError::Refused { code, message })
+}
+
 /// How a client error is reported to the round.
 fn exchange_error(e: Error) -> ExchangeError {
     match &e {
@@ -606,7 +629,10 @@ fn exchange_error(e: Error) -> ExchangeError {
                 message: e.to_string(),
                 source: Some(Box::new(e)),
             },
-            400..=499 => ExchangeError::BadRequest(e.to_string()),
+            400..=499 => match refusal_of(&e) {
+                Some(refused) => refused,
+                None => ExchangeError::BadRequest(e.to_string()),
+            },
             _ => ExchangeError::MalformedResponse(e.to_string()),
         },
         Error::MalformedResponse { .. } => ExchangeError::MalformedResponse(e.to_string()),

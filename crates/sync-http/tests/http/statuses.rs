@@ -387,14 +387,21 @@ async fn status_404_unknown_app_route_and_key() {
         .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
     }
-    // The client reports a 404 as a refused request.
+    // The client reports a 404 as a refused request, with the body's stable code.
     let e = s
         .client(Auth::bearer(TOKEN_ALL))
         .transport(Channel::App("nope".into()))
         .exchange(ExchangeRequest::default())
         .await
         .unwrap_err();
-    assert!(matches!(e, ExchangeError::BadRequest(_)), "{e:?}");
+    match &e {
+        ExchangeError::Refused { code, message } => {
+            assert_eq!(*code, "unknown_app");
+            assert!(message.contains("unknown app nope"), "{message}");
+        }
+        other => panic!("expected a coded refusal, got {other:?}"),
+    }
+    assert!(!e.is_transient(), "{e:?}");
 }
 
 #[tokio::test]
