@@ -17,7 +17,8 @@ pub use key::{key_in_namespace, validate_key, MAX_KEY_BYTES};
 pub use mover::{BlobMover, DEFAULT_MAX_TRANSFERS};
 pub use store::{ObjectBlobs, S3Config, INLINE_LIMIT};
 pub use transfer::{
-    expected_sha256, read_inline, transfer, write_inline, MAX_PARTS_IN_FLIGHT, PART_SIZE,
+    expected_sha256, object_chunks, read_inline, transfer, write_inline, MAX_PARTS_IN_FLIGHT,
+    PART_SIZE,
 };
 
 /// The object_store version this crate is built on, for implementing or constructing stores

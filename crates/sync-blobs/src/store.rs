@@ -289,7 +289,7 @@ impl BlobStore for ObjectBlobs {
         };
         let stamp = BlobStamp::new(found.meta.size, found.meta.e_tag.clone());
         let mut hasher = Sha256::new();
-        let mut stream = crate::transfer::chunks(found);
+        let mut stream = crate::transfer::object_chunks(found);
         while let Some(chunk) = stream.next().await {
             hasher.update(chunk.map_err(|e| classify(key, "read to verify", e))?);
         }

@@ -103,7 +103,7 @@ pub async fn transfer(
         part: Part::default(),
         upload: None,
     };
-    let mut stream = chunks(source);
+    let mut stream = object_chunks(source);
     let streamed = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| classify(key, "read from the source", e))?;
@@ -199,10 +199,11 @@ pub async fn read_inline(
     Ok(Some(bytes.to_vec()))
 }
 
-/// The source as a stream of bounded chunks: a local file in large reads on the blocking
-/// pool with a bounded read-ahead ([`file_chunks`](crate::file_read::file_chunks)),
-/// anything else as the backend streams it.
-pub(crate) fn chunks(source: GetResult) -> BoxStream<'static, object_store::Result<Bytes>> {
+/// A store's read as a stream of bounded chunks: a local file in large reads on the blocking
+/// pool with a bounded read-ahead into reused buffers ([`file_chunks`](crate::file_read::file_chunks)),
+/// anything else as the backend streams it. Transfers read their source this way, and the
+/// HTTP server its `GET /files` bodies (`SyncServiceBuilder::object_bodies`).
+pub fn object_chunks(source: GetResult) -> BoxStream<'static, object_store::Result<Bytes>> {
     let GetResultPayload::File(file, path) = source.payload else {
         return source.into_stream();
     };

@@ -234,7 +234,9 @@ where
         )
         // A filesystem store syncs before each upload is acknowledged (uploads waiting at the
         // same time share one sync); S3 has nothing to do (decision 0013).
-        .durable_uploads(blob_check.clone());
+        .durable_uploads(blob_check.clone())
+        // GET bodies read local files in large reads with a read-ahead.
+        .object_bodies(sync_blobs::object_chunks);
     for (token, scope) in &options.tokens {
         service = service.bearer_token(token.clone(), scope.clone());
     }

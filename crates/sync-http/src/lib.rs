@@ -4,7 +4,6 @@ mod auth;
 mod client;
 mod encoding;
 mod error;
-mod file_read;
 mod keys;
 mod metrics;
 mod serve;
@@ -18,5 +17,7 @@ pub use client::{HttpClient, HttpClientBuilder, HttpTransport};
 pub use error::{BoxError, Error};
 pub use metrics::ServerMetrics;
 pub use serve::{serve, serve_with, ServeConfig};
-pub use server::{ResponderProvider, ResponseBody, ServerConfig, SyncService, SyncServiceBuilder};
+pub use server::{
+    ObjectBody, ResponderProvider, ResponseBody, ServerConfig, SyncService, SyncServiceBuilder,
+};
 pub use store::HttpObjectStore;
