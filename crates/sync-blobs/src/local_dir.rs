@@ -21,10 +21,9 @@ use std::{
 };
 
 use object_store::local::LocalFileSystem;
-use sha2::{Digest, Sha256};
 use sync_core::{BlobError, BlobManifest, Transferred};
 
-use crate::{error::classify, key::object_path, transfer::expected_sha256};
+use crate::{error::classify, key::object_path, transfer::verify_inline};
 
 /// A filesystem store's directory, for the fast path and for durability.
 #[derive(Debug)]
@@ -130,24 +129,7 @@ fn write_one(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_error(key, "existence check", &dest, e)),
     }
-    match expected_sha256(&manifest.content_hash) {
-        Some(expected) => {
-            let actual = hex::encode(Sha256::digest(bytes));
-            if actual != expected {
-                tracing::warn!(key, %expected, %actual, "inline blob refused: hash mismatch");
-                return Err(BlobError::HashMismatch {
-                    key: key.to_string(),
-                    expected,
-                    actual,
-                });
-            }
-        }
-        None => tracing::info!(
-            key,
-            content_hash = %manifest.content_hash,
-            "content hash is not a SHA-256; storing the inline blob unverified"
-        ),
-    }
+    verify_inline(manifest, bytes)?;
     let (mut file, staging) = stage(&dest).map_err(|e| io_error(key, "stage", &dest, e))?;
     let written = file
         .write_all(bytes)
@@ -339,6 +321,8 @@ fn sync_dir(_root: &File, path: &FsPath) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     fn manifest(key: &str, bytes: &[u8]) -> BlobManifest {

@@ -121,22 +121,14 @@ pub async fn transfer(
     }
 }
 
-/// Stores bytes that arrived inline (protocol version 2) at the manifest's key: key checked,
-/// one HEAD (a key already present is left as is), SHA-256 verified when the content hash
-/// names one (a mismatch stores nothing), then a single put.
-pub async fn write_inline(
-    manifest: &BlobManifest,
-    bytes: Vec<u8>,
-    to: &ObjectBlobs,
-) -> Result<Transferred, BlobError> {
+/// Checks inline bytes against the manifest's content hash before anything is stored: a
+/// SHA-256 form must match (a mismatch is [`BlobError::HashMismatch`]); any other form is
+/// stored unverified, and logged.
+pub(crate) fn verify_inline(manifest: &BlobManifest, bytes: &[u8]) -> Result<(), BlobError> {
     let key = manifest.key.as_str();
-    let path = object_path(key)?;
-    if to.exists(key, &path).await? {
-        return Ok(Transferred::AlreadyPresent);
-    }
     match expected_sha256(&manifest.content_hash) {
         Some(expected) => {
-            let actual = hex::encode(Sha256::digest(&bytes));
+            let actual = hex::encode(Sha256::digest(bytes));
             if actual != expected {
                 tracing::warn!(key, %expected, %actual, "inline blob refused: hash mismatch");
                 return Err(BlobError::HashMismatch {
@@ -152,6 +144,23 @@ pub async fn write_inline(
             "content hash is not a SHA-256; storing the inline blob unverified"
         ),
     }
+    Ok(())
+}
+
+/// Stores bytes that arrived inline (protocol version 2) at the manifest's key: key checked,
+/// one HEAD (a key already present is left as is), SHA-256 verified when the content hash
+/// names one (a mismatch stores nothing), then a single put.
+pub async fn write_inline(
+    manifest: &BlobManifest,
+    bytes: Vec<u8>,
+    to: &ObjectBlobs,
+) -> Result<Transferred, BlobError> {
+    let key = manifest.key.as_str();
+    let path = object_path(key)?;
+    if to.exists(key, &path).await? {
+        return Ok(Transferred::AlreadyPresent);
+    }
+    verify_inline(manifest, &bytes)?;
     let mut attributes = Attributes::new();
     if let Some(mime) = manifest
         .mime_type
