@@ -623,6 +623,9 @@ async fn credentials_outside_their_channel_reach_no_blob() {
 }
 
 /// Sends one request to a service over a real blob directory.
+/// A body large enough to be streamed (a multipart upload) rather than put at once.
+static STREAMED: [u8; 5000] = [7; 5000];
+
 fn send(world: &World, method: Method, path: &str, body: &'static [u8]) -> (StatusCode, String) {
     let request = Request::builder()
         .method(method)
@@ -673,41 +676,13 @@ fn percent_encoding_tricks_on_files_never_leave_the_namespace() {
         (1100, StatusCode::BAD_REQUEST),
     ] {
         let path = format!("/files/shared/{}", "y".repeat(len));
-        let request = Request::builder()
-            .method(Method::PUT)
-            .uri(&path)
-            .header("authorization", "Bearer token-all")
-            .body(Full::new(Bytes::from_static(&[7u8; 5000])))
-            .unwrap();
-        let status = world.rt.block_on(async {
-            world
-                .service
-                .clone()
-                .oneshot(request)
-                .await
-                .unwrap()
-                .status()
-        });
+        let (status, _) = send(&world, Method::PUT, &path, &STREAMED);
         assert_eq!(status, expected, "a {len}-byte segment");
     }
     assert!(world.files().is_empty(), "{:?}", world.files());
 
     let longest = format!("/files/shared/{}/{}", "d".repeat(240), "f".repeat(240));
-    let request = Request::builder()
-        .method(Method::PUT)
-        .uri(&longest)
-        .header("authorization", "Bearer token-all")
-        .body(Full::new(Bytes::from_static(&[7u8; 5000])))
-        .unwrap();
-    let status = world.rt.block_on(async {
-        world
-            .service
-            .clone()
-            .oneshot(request)
-            .await
-            .unwrap()
-            .status()
-    });
+    let (status, _) = send(&world, Method::PUT, &longest, &STREAMED);
     assert_eq!(status, StatusCode::OK, "240-byte segments, streamed");
     let (status, _) = send(&world, Method::DELETE, &longest, b"");
     assert_eq!(status, StatusCode::NO_CONTENT);
