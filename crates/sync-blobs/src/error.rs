@@ -67,6 +67,25 @@ pub(crate) fn classify(key: &str, what: &str, e: object_store::Error) -> BlobErr
     }
 }
 
+/// A failed batch operation of a blob pack, for one of its keys: transient when the
+/// database said so (busy, locked), fatal otherwise.
+pub(crate) fn pack_failure(key: &str, what: &str, e: &sync_core::StoreError) -> BlobError {
+    let key = key.to_string();
+    let message = format!("{what}: {e}");
+    match e {
+        sync_core::StoreError::Transient { .. } => BlobError::Transient {
+            key,
+            message,
+            source: None,
+        },
+        _ => BlobError::Fatal {
+            key,
+            message,
+            source: None,
+        },
+    }
+}
+
 fn transient(key: &str, message: String, e: object_store::Error) -> BlobError {
     BlobError::Transient {
         key: key.to_string(),
@@ -83,6 +102,10 @@ fn is_transient(e: &(dyn StdError + 'static)) -> bool {
             if transient_io(io.kind()) {
                 return true;
             }
+        }
+        // A blob pack's database was busy or locked (decision 0014).
+        if let Some(sync_core::StoreError::Transient { .. }) = e.downcast_ref() {
+            return true;
         }
         if let Some(http) = e.downcast_ref::<HttpError>() {
             if matches!(

@@ -20,7 +20,12 @@ use std::{
     },
 };
 
-use object_store::local::LocalFileSystem;
+use futures::stream::BoxStream;
+use object_store::{
+    local::LocalFileSystem, path::Path, CopyOptions, GetOptions, GetResult, ListResult,
+    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, RenameOptions, UploadPart,
+};
 use sync_core::{BlobError, BlobManifest, Transferred};
 
 use crate::{error::classify, key::object_path, transfer::verify_inline};
@@ -40,6 +45,15 @@ impl LocalDir {
         })
     }
 
+    /// `fs` as the object store every other write goes through: it counts the writes, so
+    /// that a sync with nothing written since the last one costs nothing.
+    pub(crate) fn tracked(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(Tracked {
+            inner: Arc::clone(&self.fs) as Arc<dyn ObjectStore>,
+            writes: Arc::clone(&self.durability.writes),
+        })
+    }
+
     /// Stores inline blobs, each as [`crate::write_inline`] does (key checked, present keys
     /// left as they are, SHA-256 verified before anything is written), in one blocking task.
     pub(crate) async fn write_batch(
@@ -49,11 +63,19 @@ impl LocalDir {
         let fs = Arc::clone(&self.fs);
         let n = blobs.len();
         let keys: Vec<String> = blobs.iter().map(|(m, _)| m.key.clone()).collect();
+        let writes = Arc::clone(&self.durability.writes);
         let joined = tokio::task::spawn_blocking(move || {
-            blobs
+            let out = blobs
                 .into_iter()
                 .map(|(manifest, bytes)| write_one(&fs, &manifest, &bytes))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            if out
+                .iter()
+                .any(|r| matches!(r, Ok(Transferred::Copied { .. })))
+            {
+                writes.fetch_add(1, Ordering::SeqCst);
+            }
+            out
         })
         .await;
         joined.unwrap_or_else(|e| {
@@ -206,7 +228,10 @@ fn read_one(fs: &LocalFileSystem, key: &str, max_bytes: u64) -> Result<Option<Ve
 ///
 /// A caller takes a ticket when it asks (after its own writes completed); whoever holds the
 /// turn syncs for every ticket issued before it started, so callers that queued meanwhile
-/// find their ticket covered and return without a sync of their own. One write-back failure
+/// find their ticket covered and return without a sync of their own. Writes under the root
+/// are counted (the fast path and [`Tracked`]); when none completed since the last sync
+/// started, there is nothing to sync and none is run (a round whose small blobs all went to
+/// a pack, decision 0014). One write-back failure
 /// poisons the store: the kernel reports it once, and the blob it hit may be lost, so later
 /// calls keep failing rather than let a round persist watermarks over it.
 #[derive(Debug)]
@@ -214,11 +239,20 @@ struct GroupSync {
     root: Arc<File>,
     path: PathBuf,
     asked: AtomicU64,
+    /// Writes completed under the root (bumped after each one).
+    writes: Arc<AtomicU64>,
     /// Syncs actually run (for the tests: callers that share one do not add to it).
     performed: AtomicU64,
-    /// The highest ticket a completed sync covers.
-    covered: tokio::sync::Mutex<u64>,
+    /// The highest ticket a completed sync covers, and the writes counted when it started.
+    covered: tokio::sync::Mutex<Covered>,
     failed: Mutex<Option<String>>,
+}
+
+/// What the last successful sync covers.
+#[derive(Debug, Default)]
+struct Covered {
+    ticket: u64,
+    writes: u64,
 }
 
 impl GroupSync {
@@ -229,8 +263,9 @@ impl GroupSync {
             root: Arc::new(File::open(root)?),
             path: root.to_path_buf(),
             asked: AtomicU64::new(0),
+            writes: Arc::default(),
             performed: AtomicU64::new(0),
-            covered: tokio::sync::Mutex::new(0),
+            covered: tokio::sync::Mutex::new(Covered::default()),
             failed: Mutex::new(None),
         })
     }
@@ -256,11 +291,17 @@ impl GroupSync {
         if let Some(reason) = self.poisoned() {
             return Err(self.error(reason));
         }
-        if *covered >= ticket {
+        if covered.ticket >= ticket {
             return Ok(());
         }
         // Every ticket issued until now was taken after its writes: this sync covers them.
         let upto = self.asked.load(Ordering::SeqCst);
+        let writes = self.writes.load(Ordering::SeqCst);
+        if writes == covered.writes {
+            // Nothing was written since the last sync started: those writes are covered.
+            covered.ticket = upto;
+            return Ok(());
+        }
         let root = Arc::clone(&self.root);
         let path = self.path.clone();
         self.performed.fetch_add(1, Ordering::Relaxed);
@@ -270,7 +311,10 @@ impl GroupSync {
             .and_then(|r| r);
         match synced {
             Ok(()) => {
-                *covered = upto;
+                *covered = Covered {
+                    ticket: upto,
+                    writes,
+                };
                 Ok(())
             }
             Err(e) => {
@@ -317,6 +361,138 @@ fn sync_dir(_root: &File, path: &FsPath) -> io::Result<()> {
         File::open(&dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// The filesystem store as everything but the fast path writes to it: counts the writes
+/// that complete, for [`GroupSync`].
+#[derive(Debug)]
+struct Tracked {
+    inner: Arc<dyn ObjectStore>,
+    writes: Arc<AtomicU64>,
+}
+
+impl Tracked {
+    fn wrote<T>(&self, done: object_store::Result<T>) -> object_store::Result<T> {
+        if done.is_ok() {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        done
+    }
+}
+
+impl std::fmt::Display for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Tracked {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let done = self.inner.put_opts(location, payload, opts).await;
+        self.wrote(done)
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(TrackedUpload {
+            inner,
+            writes: Arc::clone(&self.writes),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        let done = self.inner.copy_opts(from, to, options).await;
+        self.wrote(done)
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        let done = self.inner.rename_opts(from, to, options).await;
+        self.wrote(done)
+    }
+}
+
+#[derive(Debug)]
+struct TrackedUpload {
+    inner: Box<dyn MultipartUpload>,
+    writes: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for TrackedUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        let done = self.inner.complete().await;
+        if done.is_ok() {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        done
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
+    }
 }
 
 #[cfg(test)]
@@ -419,10 +595,46 @@ mod tests {
         // Every caller's ticket is covered by a sync that started after it asked, and the
         // eight callers shared at most two (the one running when they queued, and the next).
         assert_eq!(
-            *local.durability.covered.lock().await,
+            local.durability.covered.lock().await.ticket,
             local.durability.asked.load(Ordering::SeqCst)
         );
         assert!(local.durability.performed.load(Ordering::Relaxed) <= 3);
+    }
+
+    #[tokio::test]
+    async fn a_sync_runs_only_when_something_was_written_since_the_last_one() {
+        let (_root, local) = dir();
+        let performed = || local.durability.performed.load(Ordering::Relaxed);
+        // Nothing written yet: nothing to sync.
+        local.sync().await.unwrap();
+        assert_eq!(performed(), 0);
+        local
+            .write_batch(vec![(manifest("shared/s/00/a", b"a"), b"a".to_vec())])
+            .await
+            .into_iter()
+            .for_each(|r| assert!(r.is_ok(), "{r:?}"));
+        local.sync().await.unwrap();
+        assert_eq!(performed(), 1);
+        local.sync().await.unwrap();
+        assert_eq!(performed(), 1, "no write since: no second sync");
+        // A blob already present writes nothing.
+        local
+            .write_batch(vec![(manifest("shared/s/00/a", b"a"), b"a".to_vec())])
+            .await;
+        local.sync().await.unwrap();
+        assert_eq!(performed(), 1);
+        // A write through the object store counts too.
+        use object_store::ObjectStoreExt;
+        let store = local.tracked();
+        store
+            .put(
+                &object_store::path::Path::from("shared/s/00/b"),
+                b"b".to_vec().into(),
+            )
+            .await
+            .unwrap();
+        local.sync().await.unwrap();
+        assert_eq!(performed(), 2);
     }
 
     #[tokio::test]

@@ -7,11 +7,16 @@ use object_store::{
     aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path, ObjectStore,
     ObjectStoreExt, RetryConfig,
 };
-use sync_core::{BlobDigest, BlobError, BlobManifest, BlobStamp, BlobStore, Transferred};
+use sha2::Digest;
+use sync_core::{
+    BlobDigest, BlobError, BlobManifest, BlobPack, BlobStamp, BlobStore, PackedBlob, Transferred,
+};
 
 use crate::{
-    error::{classify, Error},
-    key::object_path,
+    error::{classify, pack_failure, Error},
+    key::{object_path, validate_key},
+    pack::{now_ms, PackedStore},
+    transfer::verify_sha256,
 };
 
 /// One object storage (local directory, S3 bucket, memory, the peer's `/files` routes, ...)
@@ -28,6 +33,11 @@ pub struct ObjectBlobs {
     root: Option<Arc<std::path::PathBuf>>,
     /// A filesystem store's directory: durability, and the batch fast path when `fast`.
     local: Option<Arc<crate::local_dir::LocalDir>>,
+    /// Small blobs in a pack (decision 0014): `store` is then the [`PackedStore`] over them
+    /// and the files; batches use the pack directly when `fast`.
+    packing: Option<Packing>,
+    /// Whether batches may take the fast paths (the local directory's, the pack's): not
+    /// when the store is [`wrapped`](Self::wrapped), since they would go around the wrapper.
     fast: bool,
     /// Whether [`BlobStore::sync`] syncs a filesystem store (default on).
     durable: bool,
@@ -45,8 +55,42 @@ impl ObjectBlobs {
             content_type: true,
             root: None,
             local: None,
+            packing: None,
             fast: false,
             durable: true,
+        }
+    }
+
+    /// Keeps blobs of at most `limit` bytes in `pack` (a table of the node's database) and
+    /// larger ones in this store (decision 0014): landing a page of small blobs is then one
+    /// database transaction instead of a file each. Reads look in the pack first, then in
+    /// this store, so blobs stored before the pack existed stay readable. The pack keeps no
+    /// attributes: a small blob's `Content-Type` is not kept (a larger one's is, where this
+    /// store keeps it).
+    ///
+    /// Durability: the pack's writes are durable with the next commit of its database, so a
+    /// pack in the database that holds the sync state needs no [`BlobStore::sync`]; a sync
+    /// still makes the larger blobs durable (and costs nothing when only the pack was
+    /// written).
+    pub fn with_pack(mut self, pack: Arc<dyn BlobPack>, limit: u64) -> Self {
+        let files = Arc::clone(&self.store);
+        self.store = Arc::new(PackedStore::new(
+            Arc::clone(&pack),
+            Arc::clone(&files),
+            limit,
+        ));
+        self.packing = Some(Packing { pack, limit, files });
+        self.fast = true;
+        self
+    }
+
+    /// The files behind a pack as a store of their own (no pack), for what the pack does
+    /// not hold.
+    fn files_only(&self, files: &Arc<dyn ObjectStore>) -> Self {
+        Self {
+            store: Arc::clone(files),
+            packing: None,
+            ..self.clone()
         }
     }
 
@@ -103,7 +147,7 @@ impl ObjectBlobs {
                 source,
             })?;
         // The local filesystem keeps no attributes (it refuses a put that carries some).
-        let mut blobs = Self::new(fs).without_content_type();
+        let mut blobs = Self::new(local.tracked()).without_content_type();
         blobs.root = Some(Arc::new(root.to_path_buf()));
         blobs.local = Some(Arc::new(local));
         blobs.fast = true;
@@ -169,6 +213,14 @@ impl ObjectBlobs {
     }
 }
 
+/// The pack of an [`ObjectBlobs`] with its limit, and the store of the larger blobs.
+#[derive(Clone)]
+struct Packing {
+    pack: Arc<dyn BlobPack>,
+    limit: u64,
+    files: Arc<dyn ObjectStore>,
+}
+
 impl fmt::Debug for ObjectBlobs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ObjectBlobs")
@@ -213,6 +265,9 @@ impl BlobStore for ObjectBlobs {
         keys: &[String],
         max_bytes: u64,
     ) -> Vec<Result<Option<Vec<u8>>, BlobError>> {
+        if let Some(packing) = self.packing.as_ref().filter(|_| self.fast) {
+            return self.read_packed(packing, keys, max_bytes).await;
+        }
         match self.local.as_ref().filter(|_| self.fast) {
             Some(local) => local.read_batch(keys, max_bytes).await,
             None => {
@@ -231,6 +286,9 @@ impl BlobStore for ObjectBlobs {
         &self,
         blobs: Vec<(BlobManifest, Vec<u8>)>,
     ) -> Vec<Result<Transferred, BlobError>> {
+        if let Some(packing) = self.packing.as_ref().filter(|_| self.fast) {
+            return self.write_packed(packing, blobs).await;
+        }
         match self.local.as_ref().filter(|_| self.fast) {
             Some(local) => local.write_batch(blobs).await,
             None => {
@@ -297,6 +355,140 @@ impl BlobStore for ObjectBlobs {
             hex: hex::encode(hasher.finalize()),
             stamp,
         })
+    }
+}
+
+impl ObjectBlobs {
+    /// A batch of inline reads with a pack: one read of the pack for the whole batch, then
+    /// the files for the keys it does not hold.
+    async fn read_packed(
+        &self,
+        packing: &Packing,
+        keys: &[String],
+        max_bytes: u64,
+    ) -> Vec<Result<Option<Vec<u8>>, BlobError>> {
+        let mut out: Vec<Option<Result<Option<Vec<u8>>, BlobError>>> =
+            keys.iter().map(|_| None).collect();
+        let mut asked = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            match validate_key(key) {
+                Ok(()) => asked.push(i),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        let names: Vec<String> = asked.iter().map(|&i| keys[i].clone()).collect();
+        let mut missing = Vec::new();
+        match packing.pack.get(&names).await {
+            Ok(found) => {
+                for (&i, blob) in asked.iter().zip(found) {
+                    match blob {
+                        // Larger than asked for: not sent inline.
+                        Some(blob) if blob.bytes.len() as u64 > max_bytes => {
+                            out[i] = Some(Ok(None))
+                        }
+                        Some(blob) => out[i] = Some(Ok(Some(blob.bytes))),
+                        None => missing.push(i),
+                    }
+                }
+            }
+            Err(e) => {
+                for &i in &asked {
+                    out[i] = Some(Err(pack_failure(&keys[i], "inline read", &e)));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
+            let read = self
+                .files_only(&packing.files)
+                .read_inline_batch(&names, max_bytes)
+                .await;
+            for (&i, r) in missing.iter().zip(read) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every key has its result"))
+            .collect()
+    }
+
+    /// A batch of inline writes with a pack: every blob verified first (a mismatch stores
+    /// nothing of that blob and fails only it), the small ones stored in one transaction of
+    /// the pack (a key already packed is left as it is), the larger ones as files.
+    async fn write_packed(
+        &self,
+        packing: &Packing,
+        blobs: Vec<(BlobManifest, Vec<u8>)>,
+    ) -> Vec<Result<Transferred, BlobError>> {
+        let mut out: Vec<Option<Result<Transferred, BlobError>>> =
+            blobs.iter().map(|_| None).collect();
+        let now = now_ms();
+        let (mut packed, mut packed_at, mut larger, mut larger_at) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, (manifest, bytes)) in blobs.into_iter().enumerate() {
+            if let Err(e) = validate_key(&manifest.key) {
+                out[i] = Some(Err(e));
+            } else if bytes.len() as u64 > packing.limit {
+                larger.push((manifest, bytes));
+                larger_at.push(i);
+            } else {
+                let sha256: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+                match verify_sha256(&manifest, &sha256) {
+                    Ok(()) => {
+                        packed.push(PackedBlob::new(manifest.key, sha256, now, bytes));
+                        packed_at.push(i);
+                    }
+                    Err(e) => out[i] = Some(Err(e)),
+                }
+            }
+        }
+        if !packed.is_empty() {
+            match packing.pack.put(&packed, false).await {
+                Ok(stored) => {
+                    for ((&i, blob), stored) in packed_at.iter().zip(&packed).zip(stored) {
+                        out[i] = Some(Ok(if stored {
+                            Transferred::Copied {
+                                bytes: blob.bytes.len() as u64,
+                            }
+                        } else {
+                            Transferred::AlreadyPresent
+                        }));
+                    }
+                }
+                Err(e) => {
+                    for (&i, blob) in packed_at.iter().zip(&packed) {
+                        out[i] = Some(Err(pack_failure(&blob.key, "write to the pack", &e)));
+                    }
+                }
+            }
+        }
+        if !larger.is_empty() {
+            // A key the pack holds is present, whatever the size of the blob offered now.
+            let mut files = Vec::with_capacity(larger.len());
+            let mut files_at = Vec::with_capacity(larger.len());
+            for ((manifest, bytes), i) in larger.into_iter().zip(larger_at) {
+                match packing.pack.head(&manifest.key).await {
+                    Ok(Some(_)) => out[i] = Some(Ok(Transferred::AlreadyPresent)),
+                    Ok(None) => {
+                        files.push((manifest, bytes));
+                        files_at.push(i);
+                    }
+                    Err(e) => {
+                        out[i] = Some(Err(pack_failure(&manifest.key, "existence check", &e)))
+                    }
+                }
+            }
+            let written = self
+                .files_only(&packing.files)
+                .write_inline_batch(files)
+                .await;
+            for (&i, r) in files_at.iter().zip(written) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every blob has its result"))
+            .collect()
     }
 }
 

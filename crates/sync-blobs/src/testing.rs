@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 use sync_core::{
     hlc::{Hlc, NodeId},
     protocol::SharedRecord,
-    BlobError, BlobManifest, BlobStore, BlobTransfer, Item, Residency, Transferred,
+    BlobError, BlobManifest, BlobPack, BlobStore, BlobTransfer, Item, Residency, Transferred,
 };
 use tokio::sync::{watch, Notify};
 
@@ -95,6 +95,21 @@ impl Backend {
         backend.root = Some(dir.path().join("blobs"));
         backend._keep = Some(Box::new(dir));
         backend
+    }
+
+    /// This backend with small blobs (at most `limit` bytes) kept in `pack`, through a
+    /// [`PackedStore`](crate::PackedStore) in front of its store (decision 0014), as
+    /// [`ObjectBlobs::with_pack`] combines them.
+    pub fn with_pack(mut self, name: &'static str, pack: Arc<dyn BlobPack>, limit: u64) -> Self {
+        self.store = Arc::new(crate::PackedStore::new(
+            pack,
+            Arc::clone(&self.store),
+            limit,
+        ));
+        self.name = name;
+        // The pack keeps no attributes: the cases do not expect a small blob's MIME type back.
+        self.content_type = false;
+        self
     }
 
     /// The S3-compatible server named by [`S3_ENDPOINT_VAR`] and friends (`cargo xtask test`

@@ -125,10 +125,15 @@ pub async fn transfer(
 /// SHA-256 form must match (a mismatch is [`BlobError::HashMismatch`]); any other form is
 /// stored unverified, and logged.
 pub(crate) fn verify_inline(manifest: &BlobManifest, bytes: &[u8]) -> Result<(), BlobError> {
+    verify_sha256(manifest, &Sha256::digest(bytes).into())
+}
+
+/// [`verify_inline`] of bytes whose SHA-256 is `sha256`.
+pub(crate) fn verify_sha256(manifest: &BlobManifest, sha256: &[u8; 32]) -> Result<(), BlobError> {
     let key = manifest.key.as_str();
     match expected_sha256(&manifest.content_hash) {
         Some(expected) => {
-            let actual = hex::encode(Sha256::digest(bytes));
+            let actual = hex::encode(sha256);
             if actual != expected {
                 tracing::warn!(key, %expected, %actual, "inline blob refused: hash mismatch");
                 return Err(BlobError::HashMismatch {

@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// Items per round (default: the engine's, 1000).
     #[arg(long)]
     page_limit: Option<usize>,
+    /// The largest blob the server and nodes keep in their databases (default 65536; 0:
+    /// every blob a file, for an A/B against the default; decision 0014).
+    #[arg(long, default_value_t = crate::blobs::DEFAULT_PACK_LIMIT)]
+    pub blob_pack_limit: u64,
     /// Nodes run their rounds without pipelined pulls (for an A/B against the default).
     #[arg(long)]
     no_pipelined_pulls: bool,
@@ -214,6 +218,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         runs,
         page_limit: args.page_limit,
         pipelined_pulls: args.no_pipelined_pulls.then_some(false),
+        pack_limit: args.blob_pack_limit,
         postgres_url: args.postgres_url.clone(),
     };
     let load_plan = if chosen.contains(&ScenarioId::Load) {
@@ -235,6 +240,9 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     }
     if args.no_pipelined_pulls {
         command.push_str(" --no-pipelined-pulls");
+    }
+    if args.blob_pack_limit != crate::blobs::DEFAULT_PACK_LIMIT {
+        command.push_str(&format!(" --blob-pack-limit {}", args.blob_pack_limit));
     }
     if !args.scenarios.is_empty() {
         for s in &chosen {
@@ -407,6 +415,9 @@ struct Bench {
     runs: usize,
     page_limit: Option<usize>,
     pipelined_pulls: Option<bool>,
+    /// The largest blob kept in a database (decision 0014); datasets with blobs are seeded
+    /// (and named) per limit.
+    pack_limit: u64,
     postgres_url: Option<String>,
 }
 
@@ -462,6 +473,7 @@ impl Bench {
             token: self.token.clone(),
             apps,
             scale_out: None,
+            blob_pack_limit: Some(self.pack_limit),
         })
         .await
     }
@@ -546,6 +558,7 @@ impl Bench {
                 server: url.into(),
                 token: self.token.clone(),
                 apps,
+                blob_pack_limit: Some(self.pack_limit),
             },
         )
         .await
@@ -588,7 +601,7 @@ impl Bench {
     /// small blobs when `blobs`).
     async fn server_records(&self, n: usize, blobs: bool) -> Result<PathBuf> {
         let name = if blobs {
-            format!("server-records-blobs-{n}")
+            format!("server-records-blobs-{n}-pack{}", self.pack_limit)
         } else {
             format!("server-records-{n}")
         };
@@ -597,11 +610,11 @@ impl Bench {
             let store = SqliteStore::open(dir.join("server.db")).await?;
             let seed = blobs.then_some("server");
             data::seed_records(&store, &versions, n, seed).await?;
-            store.close().await;
             if let Some(seed) = seed {
-                data::seed_small_blobs(&dir.join("blobs"), seed, 0..n, data::shared_blob_key)
-                    .await?;
+                let blobs = crate::blobs::local(&dir.join("blobs"), &store, self.pack_limit)?;
+                data::seed_small_blobs(&blobs, seed, 0..n, data::shared_blob_key).await?;
             }
+            store.close().await;
             // Remember the versions, so a reused dataset and its ceiling rows agree.
             std::fs::write(dir.join("versions"), versions_tag(&versions))?;
             Ok(())
@@ -678,19 +691,22 @@ impl Bench {
         let n = self.sizes.upload;
         let node_id = "bench-uploader";
         let home = self
-            .dataset(&format!("node-upload-{n}"), |dir| async move {
-                let home = dir.join("home");
-                self.fresh_node(&home, node_id, "http://127.0.0.1:9", Vec::new())
-                    .await?;
-                let versions = Versions::new(node_id)?;
-                let store = SqliteStore::open(home.join("node.db")).await?;
-                data::seed_records(&store, &versions, n, Some(node_id)).await?;
-                store.close().await;
-                data::seed_small_blobs(&home.join("blobs"), node_id, 0..n, data::shared_blob_key)
-                    .await?;
-                std::fs::write(dir.join("versions"), versions_tag(&versions))?;
-                Ok(())
-            })
+            .dataset(
+                &format!("node-upload-{n}-pack{}", self.pack_limit),
+                |dir| async move {
+                    let home = dir.join("home");
+                    self.fresh_node(&home, node_id, "http://127.0.0.1:9", Vec::new())
+                        .await?;
+                    let versions = Versions::new(node_id)?;
+                    let store = SqliteStore::open(home.join("node.db")).await?;
+                    data::seed_records(&store, &versions, n, Some(node_id)).await?;
+                    let blobs = crate::blobs::local(&home.join("blobs"), &store, self.pack_limit)?;
+                    data::seed_small_blobs(&blobs, node_id, 0..n, data::shared_blob_key).await?;
+                    store.close().await;
+                    std::fs::write(dir.join("versions"), versions_tag(&versions))?;
+                    Ok(())
+                },
+            )
             .await?;
         let versions = load_versions(&home)?;
         let home = home.join("home");
@@ -875,21 +891,25 @@ impl Bench {
     async fn app_rows(&self) -> Result<Scenario> {
         let n = self.sizes.app_rows;
         let dataset = self
-            .dataset(&format!("server-app-rows-{n}"), |dir| async move {
-                let versions = Versions::new(ORIGIN)?;
-                let store = SqliteStore::open(dir.join("server.db")).await?;
-                data::seed_app_rows(&store, &versions, n, "app").await?;
-                store.close().await;
-                data::seed_small_blobs(
-                    &dir.join("blobs"),
-                    "app",
-                    (0..n).filter(|i| i % 2 == 1),
-                    data::app_key,
-                )
-                .await?;
-                std::fs::write(dir.join("versions"), versions_tag(&versions))?;
-                Ok(())
-            })
+            .dataset(
+                &format!("server-app-rows-{n}-pack{}", self.pack_limit),
+                |dir| async move {
+                    let versions = Versions::new(ORIGIN)?;
+                    let store = SqliteStore::open(dir.join("server.db")).await?;
+                    data::seed_app_rows(&store, &versions, n, "app").await?;
+                    let blobs = crate::blobs::local(&dir.join("blobs"), &store, self.pack_limit)?;
+                    data::seed_small_blobs(
+                        &blobs,
+                        "app",
+                        (0..n).filter(|i| i % 2 == 1),
+                        data::app_key,
+                    )
+                    .await?;
+                    store.close().await;
+                    std::fs::write(dir.join("versions"), versions_tag(&versions))?;
+                    Ok(())
+                },
+            )
             .await?;
         let versions = load_versions(&dataset)?;
         let channel = Channel::App(data::APP.into());

@@ -90,6 +90,10 @@ enum Command {
         /// A JSON file of app namespaces: [{"appId", "tables": [{"name", "pkColumns"}], "filesEnabled"}].
         #[arg(long = "apps")]
         apps_file: Option<PathBuf>,
+        /// Keep blobs of at most this many bytes in the node's database instead of a file
+        /// each (default 65536; 0: every blob a file).
+        #[arg(long)]
+        blob_pack_limit: Option<u64>,
     },
     /// Add files (or directories, recursively) as shared records.
     Put {
@@ -220,6 +224,10 @@ struct ServeArgs {
     /// Largest exchange request body in bytes.
     #[arg(long, default_value_t = 32 << 20)]
     max_body: usize,
+    /// Keep blobs of at most this many bytes in the server's database instead of a file
+    /// (or S3 object) each; 0: every blob a file or object.
+    #[arg(long, default_value_t = crate::blobs::DEFAULT_PACK_LIMIT)]
+    blob_pack_limit: u64,
 }
 
 /// The exit code of an error.
@@ -259,6 +267,7 @@ pub async fn run(args: Args) -> Result<u8> {
             token,
             apps,
             apps_file,
+            blob_pack_limit,
         } => {
             let mut namespaces = match apps_file {
                 Some(p) => read_apps(&p)?,
@@ -276,6 +285,7 @@ pub async fn run(args: Args) -> Result<u8> {
                     server,
                     token,
                     apps: namespaces,
+                    blob_pack_limit,
                 },
             )
             .await?;
@@ -370,6 +380,7 @@ async fn serve(a: ServeArgs) -> Result<u8> {
             apps,
             max_limit: a.max_limit,
             exchange_body_limit: a.max_body,
+            blob_pack_limit: a.blob_pack_limit,
         },
         metrics_tokens,
         |service| service,

@@ -46,6 +46,7 @@ impl DemoNode {
                 server: url.into(),
                 token: token.into(),
                 apps: vec![ns.clone()],
+                blob_pack_limit: None,
             },
         )
         .await?;
@@ -190,6 +191,7 @@ pub async fn run() -> Result<u8> {
         apps: vec![ns.clone()],
         max_limit: 10_000,
         exchange_body_limit: 32 << 20,
+        blob_pack_limit: crate::blobs::DEFAULT_PACK_LIMIT,
     })
     .await?;
     let url = format!("http://{}", running.addr);

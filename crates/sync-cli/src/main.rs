@@ -1,6 +1,7 @@
 //! `starkeep-sync`: serve, sync and inspect a Starkeep node from the command line.
 
 mod bench;
+mod blobs;
 mod cli;
 mod crash;
 mod demo;

@@ -28,6 +28,10 @@ pub struct NodeConfig {
     /// App namespaces this node syncs.
     #[serde(default)]
     pub apps: Vec<AppNamespace>,
+    /// The largest blob kept in the node's database instead of a file of its own (decision
+    /// 0014); 0 keeps every blob a file. Absent: [`crate::blobs::DEFAULT_PACK_LIMIT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_pack_limit: Option<u64>,
 }
 
 /// An opened node.
@@ -98,7 +102,14 @@ impl Node {
             )
         })?;
         let store = SqliteStore::open(home.join("node.db")).await?;
-        let blobs = crate::crash::node_local(ObjectBlobs::filesystem(home.join("blobs"))?);
+        let pack_limit = config
+            .blob_pack_limit
+            .unwrap_or(crate::blobs::DEFAULT_PACK_LIMIT);
+        let blobs = crate::crash::node_local(crate::blobs::local(
+            &home.join("blobs"),
+            &store,
+            pack_limit,
+        )?);
         let client = HttpClient::new(config.server.clone(), Auth::bearer(config.token.clone()))
             .with_context(|| format!("the configured server URL {:?}", config.server))?;
         Ok(Node {

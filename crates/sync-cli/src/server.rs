@@ -47,6 +47,9 @@ pub struct ServerOptions {
     pub max_limit: usize,
     /// Largest exchange body, in bytes.
     pub exchange_body_limit: usize,
+    /// The largest blob kept in the server's database instead of a file of its own
+    /// (decision 0014); 0 keeps every blob a file.
+    pub blob_pack_limit: u64,
 }
 
 /// A started server.
@@ -169,7 +172,8 @@ where
                 std::fs::create_dir_all(data)
                     .with_context(|| format!("creating the data directory {}", data.display()))?;
                 let store = sync_sqlite::SqliteStore::open(data.join("server.db")).await?;
-                let blobs = ObjectBlobs::filesystem(data.join("blobs"))?;
+                let blobs =
+                    crate::blobs::local(&data.join("blobs"), &store, options.blob_pack_limit)?;
                 (
                     Arc::new(store.clone()),
                     Arc::new(store),
@@ -182,14 +186,15 @@ where
                 schema,
                 bucket,
             } => {
-                let mut options = sync_postgres::PostgresOptions::default();
+                let mut pg = sync_postgres::PostgresOptions::default();
                 if let Some(schema) = schema {
-                    options = options.with_schema(schema.clone());
+                    pg = pg.with_schema(schema.clone());
                 }
-                let store = sync_postgres::PostgresStore::connect_with(database, &options)
+                let store = sync_postgres::PostgresStore::connect_with(database, &pg)
                     .await
                     .context("connecting to PostgreSQL (check --database)")?;
-                let blobs = ObjectBlobs::s3(bucket.clone()).context("opening the S3 bucket")?;
+                let blobs =
+                    crate::blobs::scale_out(bucket.clone(), &store, options.blob_pack_limit)?;
                 (Arc::new(store.clone()), Arc::new(store), None, blobs)
             }
         };

@@ -1,5 +1,7 @@
 //! Full rounds over real loopback HTTP with SQLite on both sides and filesystem blobs, in
-//! both codecs: the responder on SQLite (issue 5), the requester on SQLite.
+//! both codecs: the responder on SQLite (issue 5), the requester on SQLite; with every blob a
+//! file, and with small blobs packed in each side's database (decision 0014), through the
+//! exchange or through `/files`.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -17,8 +19,36 @@ use sync_sqlite::SqliteStore;
 
 const TOKEN: &str = "http-sqlite-test-token-0123";
 
+/// How a side keeps its blobs and moves them.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    /// Small blobs packed in the side's database.
+    packed: bool,
+    /// Nodes carry small blobs inside the exchange (else every blob through `/files`).
+    inline: bool,
+}
+
+const FILES: Layout = Layout {
+    packed: false,
+    inline: true,
+};
+const PACKED: Layout = Layout {
+    packed: true,
+    inline: true,
+};
+
+fn blobs_of(dir: std::path::PathBuf, store: &SqliteStore, layout: Layout) -> ObjectBlobs {
+    let blobs = ObjectBlobs::filesystem(dir).unwrap();
+    if layout.packed {
+        blobs.with_pack(Arc::new(store.blob_pack()), sync_blobs::DEFAULT_PACK_LIMIT)
+    } else {
+        blobs
+    }
+}
+
 async fn server(
     dir: &std::path::Path,
+    layout: Layout,
 ) -> (
     String,
     SqliteStore,
@@ -26,7 +56,7 @@ async fn server(
     tokio::sync::oneshot::Sender<()>,
 ) {
     let store = SqliteStore::open(dir.join("server.db")).await.unwrap();
-    let blobs = ObjectBlobs::filesystem(dir.join("server-blobs")).unwrap();
+    let blobs = blobs_of(dir.join("server-blobs"), &store, layout);
     let clock = Arc::new(std::sync::Mutex::new(Clock::new(
         NodeId::new("cloud-test").unwrap(),
         ClockConfig::default(),
@@ -54,11 +84,17 @@ async fn server(
     (url, store, blobs, tx)
 }
 
-async fn node(dir: &std::path::Path, name: &str, url: &str, codec: Codec) -> (Engine, ObjectBlobs) {
+async fn node(
+    dir: &std::path::Path,
+    name: &str,
+    url: &str,
+    codec: Codec,
+    layout: Layout,
+) -> (Engine, ObjectBlobs) {
     let store = SqliteStore::open(dir.join(format!("{name}.db")))
         .await
         .unwrap();
-    let local = ObjectBlobs::filesystem(dir.join(format!("{name}-blobs"))).unwrap();
+    let local = blobs_of(dir.join(format!("{name}-blobs")), &store, layout);
     let client = HttpClient::builder(url)
         .auth(Auth::bearer(TOKEN))
         .codec(codec)
@@ -72,17 +108,18 @@ async fn node(dir: &std::path::Path, name: &str, url: &str, codec: Codec) -> (En
         .blob_transfer(Arc::new(BlobMover::new(local.clone(), remote)))
         .transport(Arc::new(client.transport(Channel::Drive)))
         .page_limit(7)
+        .inline_blob_limit(if layout.inline { 64 * 1024 } else { 0 })
         .build()
         .await
         .unwrap();
     (engine, local)
 }
 
-async fn rounds_in(codec: Codec) {
+async fn rounds_in(codec: Codec, layout: Layout) {
     let dir = tempfile::tempdir().unwrap();
-    let (url, server_store, server_blobs, stop) = server(dir.path()).await;
-    let (a, a_blobs) = node(dir.path(), "node-a", &url, codec).await;
-    let (b, b_blobs) = node(dir.path(), "node-b", &url, codec).await;
+    let (url, server_store, server_blobs, stop) = server(dir.path(), layout).await;
+    let (a, a_blobs) = node(dir.path(), "node-a", &url, codec, layout).await;
+    let (b, b_blobs) = node(dir.path(), "node-b", &url, codec, layout).await;
     // 20 files on A, a few MiB in all, across several pages of 7.
     let mut written = Vec::new();
     for i in 0..20u32 {
@@ -128,6 +165,18 @@ async fn rounds_in(codec: Codec) {
                     .unwrap();
             assert_eq!(&got[..], &bytes[..]);
         }
+        // Packed sides hold the small blobs in their databases, not as files.
+        let small = bytes.len() as u64 <= sync_blobs::DEFAULT_PACK_LIMIT;
+        for side in ["server-blobs", "node-b-blobs"] {
+            let file = dir.path().join(side).join(&r.object_storage_key);
+            assert_eq!(
+                file.exists(),
+                !(layout.packed && small),
+                "{side}: {} ({} bytes) as a file",
+                r.object_storage_key,
+                bytes.len()
+            );
+        }
     }
     // A delete on B flows back to A.
     b.delete_record("r05").await.unwrap();
@@ -139,10 +188,34 @@ async fn rounds_in(codec: Codec) {
 
 #[tokio::test]
 async fn rounds_over_http_on_sqlite_in_messagepack() {
-    rounds_in(Codec::MessagePack).await;
+    rounds_in(Codec::MessagePack, FILES).await;
 }
 
 #[tokio::test]
 async fn rounds_over_http_on_sqlite_in_json() {
-    rounds_in(Codec::Json).await;
+    rounds_in(Codec::Json, FILES).await;
+}
+
+#[tokio::test]
+async fn rounds_with_packed_blobs_in_messagepack() {
+    rounds_in(Codec::MessagePack, PACKED).await;
+}
+
+#[tokio::test]
+async fn rounds_with_packed_blobs_in_json() {
+    rounds_in(Codec::Json, PACKED).await;
+}
+
+/// A node that carries no blob inside the exchange (as a TypeScript peer) PUTs and GETs
+/// the small ones through `/files`, into and out of the server's pack.
+#[tokio::test]
+async fn packed_blobs_through_files_routes() {
+    rounds_in(
+        Codec::Json,
+        Layout {
+            packed: true,
+            inline: false,
+        },
+    )
+    .await;
 }

@@ -110,6 +110,7 @@ fn status_shows_counters_and_a_failing_file_with_its_attempts_across_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let server = serve(&tmp.path().join("server"));
     let home: PathBuf = tmp.path().join("node-a");
+    // Every blob a file (no pack, decision 0014), so the test can lose one and bring it back.
     ok(
         &home,
         &[
@@ -120,6 +121,8 @@ fn status_shows_counters_and_a_failing_file_with_its_attempts_across_runs() {
             &server.url,
             "--token",
             TOKEN,
+            "--blob-pack-limit",
+            "0",
         ],
     );
     let files = tmp.path().join("files");

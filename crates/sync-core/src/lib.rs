@@ -20,8 +20,9 @@ pub use local::ChannelData;
 pub use namespace::{row_key, AppNamespace, MissingKey, NamespaceError, TableSpec};
 pub use pipeline::Rounds;
 pub use ports::{
-    inline_unsupported, AppRowStore, Applied, BlobDigest, BlobStamp, BlobStore, BlobTransfer,
-    ChannelState, ExchangeTransport, RecordStore, SyncStateStore, TimeSource, Transferred,
+    inline_unsupported, AppRowStore, Applied, BlobDigest, BlobPack, BlobStamp, BlobStore,
+    BlobTransfer, ChannelState, ExchangeTransport, PackListing, PackedBlob, PackedMeta,
+    RecordStore, SyncStateStore, TimeSource, Transferred,
 };
 pub use prefix::PrefixLedger;
 pub use responder::{Responder, ResponderConfig, ResponderParts};

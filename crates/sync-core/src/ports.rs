@@ -335,6 +335,132 @@ pub trait BlobTransfer: Send + Sync {
     }
 }
 
+/// One small blob as a [`BlobPack`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PackedBlob {
+    /// Object key (the same key the blob has in object storage).
+    pub key: String,
+    /// SHA-256 of `bytes`, computed by whoever stores the blob (never taken on trust from a
+    /// peer): it serves as the blob's ETag and as its verified digest.
+    pub sha256: [u8; 32],
+    /// When it was stored, milliseconds since the Unix epoch (from the writer's clock).
+    pub stored_at_ms: u64,
+    /// The blob itself.
+    pub bytes: Vec<u8>,
+}
+
+impl PackedBlob {
+    /// A blob to store.
+    pub fn new(
+        key: impl Into<String>,
+        sha256: [u8; 32],
+        stored_at_ms: u64,
+        bytes: Vec<u8>,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            sha256,
+            stored_at_ms,
+            bytes,
+        }
+    }
+
+    /// Its metadata.
+    pub fn meta(&self) -> PackedMeta {
+        PackedMeta {
+            key: self.key.clone(),
+            size: self.bytes.len() as u64,
+            sha256: self.sha256,
+            stored_at_ms: self.stored_at_ms,
+        }
+    }
+}
+
+/// What a [`BlobPack`] tells of a blob without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PackedMeta {
+    /// Object key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes.
+    pub sha256: [u8; 32],
+    /// When it was stored, milliseconds since the Unix epoch.
+    pub stored_at_ms: u64,
+}
+
+impl PackedMeta {
+    /// Metadata of a packed blob.
+    pub fn new(key: impl Into<String>, size: u64, sha256: [u8; 32], stored_at_ms: u64) -> Self {
+        Self {
+            key: key.into(),
+            size,
+            sha256,
+            stored_at_ms,
+        }
+    }
+}
+
+/// Small blobs kept by key in a table of a database (decision 0014), so that landing a page
+/// of them is one transaction instead of one file each.
+///
+/// A pack holds bytes for keys and nothing else: it does not decide which blobs are small
+/// enough (the blob store in front of it does, `sync_blobs::ObjectBlobs::with_pack`), does
+/// not verify content hashes (the bytes are verified before they are offered) and keeps no
+/// attributes. Keys are compared byte-wise.
+///
+/// **Durability.** A pack's writes are durable in commit order with every later commit of
+/// the database that holds it. A pack in the same database as the sync state therefore needs
+/// no sync of its own: a state commit that survives a crash or power cut implies that every
+/// blob written to the pack before it survived too.
+#[async_trait]
+pub trait BlobPack: Send + Sync {
+    /// The blobs at `keys`; results follow `keys` (`None`: not in the pack). One read of
+    /// the database for the whole batch, not one per key.
+    async fn get(&self, keys: &[String]) -> Result<Vec<Option<PackedBlob>>, StoreError>;
+
+    /// What the pack holds at `key`, without reading the bytes.
+    async fn head(&self, key: &str) -> Result<Option<PackedMeta>, StoreError>;
+
+    /// Stores `blobs` in one transaction (all or nothing). A key already in the pack is left
+    /// as it is unless `replace`; the result tells, per blob, whether it was stored (`false`:
+    /// kept the blob already there, including an earlier blob of the same batch).
+    async fn put(&self, blobs: &[PackedBlob], replace: bool) -> Result<Vec<bool>, StoreError>;
+
+    /// Removes the blob at `key`; whether there was one.
+    async fn remove(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Up to `limit` blobs whose key starts with `prefix` (`""`: every blob), in an order of
+    /// the pack's choosing, continuing after `cursor` (the [`PackListing::next`] of the
+    /// previous page; `None` for the first). A listing in pages visits every blob that was
+    /// in the pack throughout exactly once.
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<PackListing, StoreError>;
+}
+
+/// One page of a [`BlobPack`] listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PackListing {
+    /// The blobs of this page.
+    pub blobs: Vec<PackedMeta>,
+    /// Where the next page starts (opaque to the caller); `None` when this page is the last.
+    pub next: Option<String>,
+}
+
+impl PackListing {
+    /// A page of `blobs`, continued at `next`.
+    pub fn new(blobs: Vec<PackedMeta>, next: Option<String>) -> Self {
+        Self { blobs, next }
+    }
+}
+
 /// The persisted sync state of one channel.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelState {

@@ -213,6 +213,13 @@ impl EngineBuilder {
         self.round = self.round.with_blob_concurrency(n);
         self
     }
+    /// The largest blob carried inside an exchange, both ways (default 64 KiB; protocol
+    /// version 2). 0 moves every blob through the peer's `/files` routes, as a TypeScript
+    /// peer does.
+    pub fn inline_blob_limit(mut self, bytes: u64) -> Self {
+        self.round = self.round.with_inline_blob_limit(bytes);
+        self
+    }
     /// The skew guard (default one hour).
     pub fn max_drift(mut self, drift: Duration) -> Self {
         self.clock_config = self

@@ -3,9 +3,11 @@
 mod codec;
 mod error;
 mod floors;
+mod pack;
 mod records;
 mod rows;
 mod state;
 mod store;
 
+pub use pack::PostgresBlobPack;
 pub use store::{PostgresOptions, PostgresStore, QueryPlan};

@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use sync_core::{hlc::ClockState, AppRowStore, RecordStore, SyncStateStore};
+use sync_core::{hlc::ClockState, AppRowStore, BlobPack, RecordStore, SyncStateStore};
 use sync_postgres::PostgresStore;
 use sync_testkit::conformance;
 
@@ -73,6 +73,18 @@ async fn sync_state_store() {
     schemas.drop_all().await;
 }
 
+#[tokio::test]
+async fn blob_pack() {
+    let Some(url) = common::url() else { return };
+    let schemas = Schemas::new(url);
+    conformance::blob_pack_suite(|| {
+        let schemas = schemas.clone();
+        async move { Arc::new(schemas.store().await.blob_pack()) as Arc<dyn BlobPack> }
+    })
+    .await;
+    schemas.drop_all().await;
+}
+
 /// Two stores (two pools, as two server processes would have) on one schema: what the
 /// first wrote, the second reads while both are connected, and a third after both closed.
 #[tokio::test]
@@ -85,6 +97,7 @@ async fn reopen() {
     conformance::record_store_reopen(&first, &second).await;
     conformance::app_row_store_reopen(&first, &second).await;
     conformance::sync_state_reopen(&first, &second).await;
+    conformance::blob_pack_reopen(&first.blob_pack(), &second.blob_pack()).await;
     first.close().await;
     second.close().await;
 

@@ -151,7 +151,7 @@ impl AppRowStore for SqliteStore {
             .bind(&ns.app_id)
             .bind(tables)
             .bind(ns.files_enabled)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|e| db_error("registering an app namespace", e))?;
         Ok(())

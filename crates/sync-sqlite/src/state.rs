@@ -96,6 +96,6 @@ impl SyncStateStore for SqliteStore {
     }
 
     async fn save_clock(&self, clock: ClockState) -> Result<(), StoreError> {
-        save_clock(&self.pool, clock).await
+        save_clock(&self.writer, clock).await
     }
 }

@@ -19,6 +19,12 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// How many prepared statements each connection keeps (every hot query is prepared once).
 const STATEMENT_CACHE: usize = 64;
 
+/// The writer connection's page cache, in KiB (SQLite's `cache_size` is negative for KiB).
+/// Every write goes through that one connection, so the B-tree pages it touched stay cached
+/// from one transaction to the next; the default (2 MiB) holds a small part of a page of
+/// randomly placed keys (packed blobs, decision 0014) and re-reads the rest on every write.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+
 /// Rows sqlx's worker thread may run ahead of the reading task (sqlx's default is 50). A
 /// scan returns a page of up to ~1000 rows; with a small buffer the worker stalls and the
 /// two threads wake each other every few rows.
@@ -69,9 +75,15 @@ impl SqliteOptions {
 /// Cheap to clone: clones share one connection pool. Implements
 /// [`RecordStore`](sync_core::RecordStore), [`AppRowStore`](sync_core::AppRowStore) and
 /// [`SyncStateStore`](sync_core::SyncStateStore).
+///
+/// Reads run on a pool of connections (in parallel, in WAL mode); every write runs on one
+/// writer connection. SQLite takes one writer at a time anyway, and a connection's page
+/// cache is dropped whenever another connection wrote, so writes spread over the pool would
+/// each start from a cold cache and read the B-tree from the file again.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    pub(crate) writer: SqlitePool,
 }
 
 /// The query plan SQLite chose for one of the hot queries (see [`SqliteStore::query_plans`]).
@@ -112,17 +124,28 @@ impl SqliteStore {
             .busy_timeout(options.busy_timeout)
             .statement_cache_capacity(STATEMENT_CACHE)
             .row_buffer_size(ROW_BUFFER);
+        let doing = format!("opening SQLite database {}", path.as_ref().display());
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
-            .map_err(|e| {
-                db_error(
-                    &format!("opening SQLite database {}", path.as_ref().display()),
-                    e,
-                )
-            })?;
-        Self::migrated(pool).await
+            .map_err(|e| db_error(&doing, e))?;
+        // Migrations first (on the reader pool), so the writer opens an up-to-date schema.
+        let pool = Self::migrated(pool).await?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(connect.pragma("cache_size", (-WRITER_CACHE_KIB).to_string()))
+            .await;
+        match writer {
+            Ok(writer) => Ok(Self { pool, writer }),
+            Err(e) => {
+                pool.close().await;
+                Err(db_error(&doing, e))
+            }
+        }
     }
 
     /// A private database in memory, gone when the last clone is dropped. For tests and
@@ -142,7 +165,12 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(|e| db_error("opening an in-memory SQLite database", e))?;
-        Self::migrated(pool).await
+        let pool = Self::migrated(pool).await?;
+        // The one connection is the database: it reads and writes.
+        Ok(Self {
+            writer: pool.clone(),
+            pool,
+        })
     }
 
     /// The newest schema version this build knows.
@@ -152,10 +180,11 @@ impl SqliteStore {
 
     /// Closes every connection (waiting for those in use). Later calls on any clone fail.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
-    async fn migrated(pool: SqlitePool) -> Result<Self, StoreError> {
+    async fn migrated(pool: SqlitePool) -> Result<SqlitePool, StoreError> {
         let supported = Self::schema_version();
         let has_history: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master \
@@ -179,7 +208,7 @@ impl SqliteStore {
             pool.close().await;
             return Err(migrate_error(e));
         }
-        Ok(Self { pool })
+        Ok(pool)
     }
 
     /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`), so it
@@ -189,7 +218,7 @@ impl SqliteStore {
         &self,
         doing: &str,
     ) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool
+        self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| db_error(doing, e))

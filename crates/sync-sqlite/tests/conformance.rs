@@ -8,7 +8,7 @@ use std::{
     },
 };
 
-use sync_core::{hlc::ClockState, AppRowStore, RecordStore, SyncStateStore};
+use sync_core::{hlc::ClockState, AppRowStore, BlobPack, RecordStore, SyncStateStore};
 use sync_sqlite::SqliteStore;
 use sync_testkit::conformance;
 use tempfile::TempDir;
@@ -67,6 +67,16 @@ async fn sync_state_store() {
     .await;
 }
 
+#[tokio::test]
+async fn blob_pack() {
+    let files = Files::new();
+    conformance::blob_pack_suite(|| {
+        let files = files.clone();
+        async move { Arc::new(files.open().await.blob_pack()) as Arc<dyn BlobPack> }
+    })
+    .await;
+}
+
 /// The in-memory database passes the same suites.
 #[tokio::test]
 async fn in_memory() {
@@ -79,6 +89,10 @@ async fn in_memory() {
         .await;
     conformance::sync_state_suite(|| async { Arc::new(fresh().await) as Arc<dyn SyncStateStore> })
         .await;
+    conformance::blob_pack_suite(|| async {
+        Arc::new(fresh().await.blob_pack()) as Arc<dyn BlobPack>
+    })
+    .await;
 }
 
 /// Two store instances on the same file: what the first wrote, the second reads while both
@@ -92,6 +106,7 @@ async fn reopen() {
     conformance::record_store_reopen(&first, &second).await;
     conformance::app_row_store_reopen(&first, &second).await;
     conformance::sync_state_reopen(&first, &second).await;
+    conformance::blob_pack_reopen(&first.blob_pack(), &second.blob_pack()).await;
     first.close().await;
     second.close().await;
 

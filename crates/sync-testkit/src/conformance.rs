@@ -10,8 +10,11 @@
 //! - [`app_row_store_suite`]: the same for app rows, plus namespace registration, batch
 //!   atomicity (an invalid row refuses the whole batch) and tombstones with composite keys.
 //! - [`sync_state_suite`]: per-channel state, the clock, commit replacing (not merging).
-//! - [`record_store_reopen`], [`app_row_store_reopen`], [`sync_state_reopen`]: what one
-//!   instance wrote, a second instance opened on the same backend reads back.
+//! - [`blob_pack_suite`]: small blobs by key (decision 0014): batch reads in key order of the
+//!   request, keep-or-replace writes, removal, listings by prefix in pages.
+//! - [`record_store_reopen`], [`app_row_store_reopen`], [`sync_state_reopen`],
+//!   [`blob_pack_reopen`]: what one instance wrote, a second instance opened on the same
+//!   backend reads back.
 //!
 //! Each suite takes a factory that makes a fresh, empty store per case; each case is also
 //! public, taking the store it runs against. Cases panic with a message naming the case
@@ -21,8 +24,8 @@ use std::{collections::BTreeMap, future::Future, sync::Arc};
 
 use serde_json::{json, Value};
 use sync_core::{
-    row_key, AppNamespace, AppRowStore, Applied, Channel, ChannelState, RecordStore, StoreError,
-    SyncStateStore, TableSpec,
+    row_key, AppNamespace, AppRowStore, Applied, BlobPack, Channel, ChannelState, PackedBlob,
+    RecordStore, StoreError, SyncStateStore, TableSpec,
 };
 use sync_hlc::{ClockState, Hlc, NodeId, Watermarks};
 use sync_protocol::{AppRow, RowOp, RowValues, SharedRecord, RESERVED_TABLE};
@@ -104,6 +107,19 @@ where
     state_channels_independent(&*make().await).await;
     state_commit_replaces(&*make().await).await;
     state_save_clock(&*make().await).await;
+}
+
+/// Runs every blob-pack case, each against a fresh pack from `make`.
+pub async fn blob_pack_suite<F, Fut>(mut make: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Arc<dyn BlobPack>>,
+{
+    pack_round_trip(&*make().await).await;
+    pack_keep_or_replace(&*make().await).await;
+    pack_remove(&*make().await).await;
+    pack_list(&*make().await).await;
+    pack_large_batch(&*make().await).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2179,5 +2195,348 @@ pub async fn app_row_store_reopen(first: &dyn AppRowStore, second: &dyn AppRowSt
                 .await
         ),
         Some(c)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blob pack cases
+
+/// A blob for the pack cases: the digest is the bytes' SHA-256, as a real writer computes it.
+pub fn packed(key: &str, bytes: &[u8], stored_at_ms: u64) -> PackedBlob {
+    use sha2::{Digest, Sha256};
+    PackedBlob::new(
+        key,
+        Sha256::digest(bytes).into(),
+        stored_at_ms,
+        bytes.to_vec(),
+    )
+}
+
+fn keys(list: &[&str]) -> Vec<String> {
+    list.iter().map(|k| k.to_string()).collect()
+}
+
+/// Every key the pack lists under `prefix`, in pages of `page`, sorted.
+async fn listed(pack: &dyn BlobPack, case: &str, prefix: &str, page: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100_000 {
+        let listing = expect_ok(
+            case,
+            "list",
+            pack.list(prefix, cursor.as_deref(), page).await,
+        );
+        assert!(
+            listing.blobs.len() <= page,
+            "[{case}] a page holds at most its limit"
+        );
+        keys.extend(listing.blobs.into_iter().map(|m| m.key));
+        match listing.next {
+            Some(next) => cursor = Some(next),
+            None => {
+                keys.sort();
+                return keys;
+            }
+        }
+    }
+    panic!("[{case}] the listing of {prefix:?} never ends");
+}
+
+async fn pack_keys(pack: &dyn BlobPack, case: &str, prefix: &str) -> Vec<String> {
+    listed(pack, case, prefix, 10_000).await
+}
+
+/// What is put comes back byte for byte, digest and time included; a batch read answers in
+/// the order asked, `None` for keys the pack does not hold; `head` tells the size without
+/// the bytes; an empty blob is a blob.
+pub async fn pack_round_trip(pack: &dyn BlobPack) {
+    const CASE: &str = "pack_round_trip";
+    let a = packed("shared/a/1", b"first blob", 1_700_000_000_001);
+    let b = packed("apps/notes/b", &[0, 255, 7, 0], 1_700_000_000_002);
+    let empty = packed("shared/empty", b"", 1_700_000_000_003);
+    let stored = expect_ok(
+        CASE,
+        "put",
+        pack.put(&[a.clone(), b.clone(), empty.clone()], false)
+            .await,
+    );
+    assert_eq!(
+        stored,
+        vec![true, true, true],
+        "[{CASE}] three new keys are stored"
+    );
+    let got = expect_ok(
+        CASE,
+        "get",
+        pack.get(&keys(&[
+            "apps/notes/b",
+            "shared/missing",
+            "shared/a/1",
+            "shared/empty",
+        ]))
+        .await,
+    );
+    assert_eq!(
+        got,
+        vec![Some(b.clone()), None, Some(a.clone()), Some(empty.clone())],
+        "[{CASE}] get"
+    );
+    assert_eq!(
+        expect_ok(CASE, "get nothing", pack.get(&[]).await),
+        Vec::<Option<PackedBlob>>::new(),
+        "[{CASE}] a read of no key"
+    );
+    assert_eq!(
+        expect_ok(CASE, "head", pack.head("shared/a/1").await),
+        Some(a.meta()),
+        "[{CASE}] head"
+    );
+    assert_eq!(
+        expect_ok(CASE, "head", pack.head("shared/empty").await).map(|m| m.size),
+        Some(0),
+        "[{CASE}] an empty blob has size 0"
+    );
+    assert_eq!(
+        expect_ok(CASE, "head", pack.head("shared/a").await),
+        None,
+        "[{CASE}] a prefix is no key"
+    );
+}
+
+/// Without `replace`, a key already held keeps its blob (and a second blob of the same key
+/// in one batch is kept out); with it, the new blob replaces the old.
+pub async fn pack_keep_or_replace(pack: &dyn BlobPack) {
+    const CASE: &str = "pack_keep_or_replace";
+    let first = packed("shared/k", b"first", 1);
+    let second = packed("shared/k", b"second", 2);
+    assert_eq!(
+        expect_ok(
+            CASE,
+            "put",
+            pack.put(std::slice::from_ref(&first), false).await
+        ),
+        vec![true]
+    );
+    assert_eq!(
+        expect_ok(
+            CASE,
+            "put again",
+            pack.put(std::slice::from_ref(&second), false).await
+        ),
+        vec![false],
+        "[{CASE}] a held key is kept"
+    );
+    assert_eq!(
+        expect_ok(CASE, "get", pack.get(&keys(&["shared/k"])).await),
+        vec![Some(first.clone())]
+    );
+    assert_eq!(
+        expect_ok(
+            CASE,
+            "replace",
+            pack.put(std::slice::from_ref(&second), true).await
+        ),
+        vec![true],
+        "[{CASE}] replace stores"
+    );
+    assert_eq!(
+        expect_ok(CASE, "get", pack.get(&keys(&["shared/k"])).await),
+        vec![Some(second.clone())]
+    );
+    let x1 = packed("shared/x", b"one", 3);
+    let x2 = packed("shared/x", b"two", 4);
+    assert_eq!(
+        expect_ok(
+            CASE,
+            "put twice",
+            pack.put(&[x1.clone(), x2, packed("shared/y", b"y", 5)], false)
+                .await
+        ),
+        vec![true, false, true],
+        "[{CASE}] the first blob of a key in a batch is stored, the second kept out"
+    );
+    assert_eq!(
+        expect_ok(CASE, "get", pack.get(&keys(&["shared/x"])).await),
+        vec![Some(x1)]
+    );
+}
+
+/// Removal says whether there was a blob, and a removed key reads as absent.
+pub async fn pack_remove(pack: &dyn BlobPack) {
+    const CASE: &str = "pack_remove";
+    expect_ok(
+        CASE,
+        "put",
+        pack.put(
+            &[packed("shared/r", b"r", 1), packed("shared/s", b"s", 1)],
+            false,
+        )
+        .await,
+    );
+    assert!(
+        expect_ok(CASE, "remove", pack.remove("shared/r").await),
+        "[{CASE}] removed"
+    );
+    assert!(
+        !expect_ok(CASE, "remove again", pack.remove("shared/r").await),
+        "[{CASE}] already gone"
+    );
+    assert_eq!(
+        expect_ok(
+            CASE,
+            "get",
+            pack.get(&keys(&["shared/r", "shared/s"])).await
+        )
+        .iter()
+        .map(Option::is_some)
+        .collect::<Vec<_>>(),
+        vec![false, true],
+        "[{CASE}] only the removed key is gone"
+    );
+    assert_eq!(pack_keys(pack, CASE, "").await, keys(&["shared/s"]));
+}
+
+/// A listing gives exactly the keys that start with the prefix, each once, in pages that
+/// continue where the previous one ended.
+pub async fn pack_list(pack: &dyn BlobPack) {
+    const CASE: &str = "pack_list";
+    let all = [
+        "a/b/2",
+        "a/b/1",
+        "a/b0",
+        "a/bc",
+        "a/b",
+        "b/1",
+        "a/b/é",
+        "a/b/z",
+        "é/1",
+        "a/b/\u{7f}",
+        "aé/1",
+        "aé/2",
+        "aêx",
+    ];
+    let blobs: Vec<PackedBlob> = all.iter().map(|k| packed(k, k.as_bytes(), 9)).collect();
+    expect_ok(CASE, "put", pack.put(&blobs, false).await);
+    let mut sorted: Vec<String> = keys(&all);
+    sorted.sort();
+    assert_eq!(
+        pack_keys(pack, CASE, "").await,
+        sorted,
+        "[{CASE}] everything"
+    );
+    assert_eq!(
+        pack_keys(pack, CASE, "a/b/").await,
+        keys(&["a/b/1", "a/b/2", "a/b/z", "a/b/\u{7f}", "a/b/é"]),
+        "[{CASE}] the prefix's keys only"
+    );
+    assert_eq!(
+        pack_keys(pack, CASE, "é").await,
+        keys(&["é/1"]),
+        "[{CASE}] a non-ASCII prefix"
+    );
+    assert_eq!(
+        pack_keys(pack, CASE, "aé").await,
+        keys(&["aé/1", "aé/2"]),
+        "[{CASE}] a prefix ending in a non-ASCII character"
+    );
+    assert_eq!(
+        pack_keys(pack, CASE, "c").await,
+        Vec::<String>::new(),
+        "[{CASE}] no match"
+    );
+    for page in [1, 2, 3] {
+        let expected: Vec<String> = sorted
+            .iter()
+            .filter(|k| k.starts_with("a/"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            listed(pack, CASE, "a/", page).await,
+            expected,
+            "[{CASE}] pages of {page} cover the prefix once"
+        );
+    }
+    let listing = expect_ok(CASE, "list", pack.list("b/", None, 10).await);
+    assert_eq!(
+        listing.blobs,
+        vec![blobs[5].meta()],
+        "[{CASE}] a listing carries each blob's metadata"
+    );
+    assert_eq!(
+        listing.next, None,
+        "[{CASE}] a page short of its limit is the last"
+    );
+    // Blobs removed or added between pages: the ones there throughout are listed once.
+    let first = expect_ok(CASE, "list", pack.list("", None, 4).await);
+    let cursor = first.next.clone().expect("more pages");
+    expect_ok(CASE, "remove", pack.remove(&first.blobs[0].key).await);
+    expect_ok(
+        CASE,
+        "put",
+        pack.put(&[packed("zz/new", b"n", 1)], false).await,
+    );
+    let mut rest = listed_from(pack, CASE, cursor).await;
+    rest.extend(first.blobs.iter().map(|m| m.key.clone()));
+    rest.retain(|k| k != "zz/new");
+    rest.sort();
+    assert_eq!(
+        rest, sorted,
+        "[{CASE}] a listing across writes lists the steady blobs once"
+    );
+}
+
+async fn listed_from(pack: &dyn BlobPack, case: &str, cursor: String) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor = Some(cursor);
+    while let Some(c) = cursor {
+        let listing = expect_ok(case, "list", pack.list("", Some(&c), 3).await);
+        keys.extend(listing.blobs.into_iter().map(|m| m.key));
+        cursor = listing.next;
+    }
+    keys
+}
+
+/// A page's worth of small blobs and a few of 64 KiB go in one batch and come back intact.
+pub async fn pack_large_batch(pack: &dyn BlobPack) {
+    const CASE: &str = "pack_large_batch";
+    let blobs: Vec<PackedBlob> = (0..1200u32)
+        .map(|i| {
+            let len = if i % 400 == 7 { 64 * 1024 } else { 256 };
+            let bytes: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j) as u8).collect();
+            packed(
+                &format!("shared/batch/{:02x}/{i}", i % 256),
+                &bytes,
+                u64::from(i),
+            )
+        })
+        .collect();
+    let stored = expect_ok(CASE, "put", pack.put(&blobs, false).await);
+    assert!(
+        stored.iter().all(|s| *s),
+        "[{CASE}] every new key is stored"
+    );
+    let asked: Vec<String> = blobs.iter().rev().map(|b| b.key.clone()).collect();
+    let got = expect_ok(CASE, "get", pack.get(&asked).await);
+    let expected: Vec<Option<PackedBlob>> = blobs.iter().rev().cloned().map(Some).collect();
+    assert!(
+        got == expected,
+        "[{CASE}] every blob comes back intact, in the order asked"
+    );
+    assert_eq!(pack_keys(pack, CASE, "shared/batch/").await.len(), 1200);
+}
+
+/// What one instance packed, a second instance on the same backend reads back.
+pub async fn blob_pack_reopen(first: &dyn BlobPack, second: &dyn BlobPack) {
+    const CASE: &str = "blob_pack_reopen";
+    let blob = packed("shared/reopen/1", b"kept across instances", 42);
+    expect_ok(
+        CASE,
+        "put",
+        first.put(std::slice::from_ref(&blob), false).await,
+    );
+    assert_eq!(
+        expect_ok(CASE, "get", second.get(&keys(&["shared/reopen/1"])).await),
+        vec![Some(blob)],
+        "[{CASE}] the second instance reads what the first packed"
     );
 }

@@ -30,6 +30,16 @@ fn sync_state_store() {
     }));
 }
 
+#[test]
+fn blob_pack() {
+    use sync_core::BlobPack;
+    block_on(conformance::blob_pack_suite(|| async {
+        Arc::new(sync_blobs::MemoryPack::new()) as Arc<dyn BlobPack>
+    }));
+    let pack = sync_blobs::MemoryPack::new();
+    block_on(conformance::blob_pack_reopen(&pack, &pack.clone()));
+}
+
 /// In memory, "the same backend" is the same instance.
 #[test]
 fn reopen() {

@@ -49,6 +49,9 @@ pub enum ChildSpec {
         /// PostgreSQL and S3 instead of `data` (the `serve --database --blobs` path).
         #[serde(default)]
         scale_out: Option<ScaleOut>,
+        /// The largest blob kept in the database (the server's default when `None`).
+        #[serde(default)]
+        blob_pack_limit: Option<u64>,
     },
     /// One node of the load scenario (see `load.rs`): writes its data, then syncs on the
     /// orchestrator's signals.
@@ -176,7 +179,8 @@ pub async fn run(spec: ChildSpec) -> Result<u8> {
             token,
             apps,
             scale_out,
-        } => serve(data, token, apps, scale_out).await,
+            blob_pack_limit,
+        } => serve(data, token, apps, scale_out, blob_pack_limit).await,
         ChildSpec::LoadNode(spec) => super::load::node(spec).await,
         ChildSpec::Node {
             home,
@@ -203,6 +207,7 @@ async fn serve(
     token: String,
     apps: Vec<AppNamespace>,
     scale_out: Option<ScaleOut>,
+    blob_pack_limit: Option<u64>,
 ) -> Result<u8> {
     let counters = Arc::new(WireCounters::default());
     let layer = counters.clone();
@@ -222,6 +227,7 @@ async fn serve(
             apps,
             max_limit: 10_000,
             exchange_body_limit: 64 << 20,
+            blob_pack_limit: blob_pack_limit.unwrap_or(crate::blobs::DEFAULT_PACK_LIMIT),
         },
         move |service| Counted {
             inner: service,

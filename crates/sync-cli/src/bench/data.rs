@@ -7,19 +7,15 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use futures::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
     ConnectOptions, Connection, SqliteConnection,
 };
-use sync_blobs::{
-    object_store::{path::Path as ObjectPath, ObjectStoreExt, PutPayload},
-    ObjectBlobs,
-};
+use sync_blobs::ObjectBlobs;
 use sync_engine::{
-    core::{AppRowStore, ChannelState, RecordStore, SyncStateStore},
+    core::{AppRowStore, BlobManifest, BlobStore, ChannelState, RecordStore, SyncStateStore},
     hlc::{Hlc, NodeId},
     protocol::{AppRow, RowOp, RowValues, SharedRecord, RESERVED_TABLE},
     AppNamespace, Channel, TableSpec,
@@ -223,28 +219,35 @@ pub async fn seed_app_rows(
     Ok(())
 }
 
-/// Writes the small blobs of items `indices` into the blob directory `root`.
+/// Stores the small blobs of items `indices` in `blobs`.
 pub async fn seed_small_blobs(
-    root: &Path,
+    blobs: &ObjectBlobs,
     seed: &str,
     indices: impl Iterator<Item = usize>,
     key_of: fn(&str) -> String,
 ) -> Result<()> {
-    let blobs = ObjectBlobs::filesystem(root)?;
-    let store = blobs.object_store().clone();
-    stream::iter(indices)
-        .map(|i| {
-            let store = store.clone();
-            async move {
+    // Through the store's batch write, as blobs arriving inline land: packed in the
+    // database when the store has a pack, files otherwise.
+    let indices: Vec<usize> = indices.collect();
+    for page in indices.chunks(1000) {
+        let batch: Vec<(BlobManifest, Vec<u8>)> = page
+            .iter()
+            .map(|&i| {
                 let (bytes, hash) = small_blob(seed, i);
-                let path = ObjectPath::parse(key_of(&hash))?;
-                store.put(&path, PutPayload::from(bytes)).await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(32)
-        .try_collect::<()>()
-        .await
+                let manifest = BlobManifest {
+                    key: key_of(&hash),
+                    content_hash: hash,
+                    size_bytes: bytes.len() as u64,
+                    mime_type: None,
+                };
+                (manifest, bytes)
+            })
+            .collect();
+        for stored in blobs.write_inline_batch(batch).await {
+            stored?;
+        }
+    }
+    Ok(blobs.sync().await?)
 }
 
 /// The shared key of a small blob.

@@ -398,6 +398,7 @@ pub async fn node(spec: LoadNodeSpec) -> Result<u8> {
             server: spec.server.clone(),
             token: spec.token.clone(),
             apps: vec![namespace()],
+            blob_pack_limit: None,
         },
     )
     .await?;
@@ -767,6 +768,7 @@ impl Bench {
                                 schema: schema.clone(),
                                 s3: s3.clone(),
                             }),
+                            blob_pack_limit: None,
                         })
                         .await?,
                     );
@@ -871,7 +873,11 @@ impl Bench {
         let (server_holdings, server_missing) = match setup {
             Setup::Sqlite => {
                 let store = SqliteStore::open(dir.join("server").join("server.db")).await?;
-                let blobs = ObjectBlobs::filesystem(dir.join("server").join("blobs"))?;
+                let blobs = crate::blobs::local(
+                    &dir.join("server").join("blobs"),
+                    &store,
+                    crate::blobs::DEFAULT_PACK_LIMIT,
+                )?;
                 let (h, keys) = holdings(&store, &store).await?;
                 let missing = missing_blobs(blobs.object_store().as_ref(), &keys).await?;
                 store.close().await;
@@ -883,7 +889,8 @@ impl Bench {
                     &PostgresOptions::default().with_schema(schema.clone()),
                 )
                 .await?;
-                let blobs = ObjectBlobs::s3(s3.config())?;
+                let blobs =
+                    crate::blobs::scale_out(s3.config(), &store, crate::blobs::DEFAULT_PACK_LIMIT)?;
                 let (h, keys) = holdings(&store, &store).await?;
                 let missing = missing_blobs(blobs.object_store().as_ref(), &keys).await?;
                 store.close().await;

@@ -871,7 +871,7 @@ impl World {
                 continue;
             }
             let key = values["object_storage_key"].as_str().unwrap();
-            if !node.home.join("blobs").join(key).exists() {
+            if LocalBlobs::node(&node.home).read(key).is_none() {
                 let mark = notes.get(row.timestamp.node_id().as_str());
                 assert!(
                     mark.is_none_or(|m| *m < row.timestamp),
@@ -881,7 +881,7 @@ impl World {
                 );
             }
         }
-        let staging = check_blob_dir(&node.home.join("blobs"));
+        let staging = LocalBlobs::node(&node.home).check();
         if staging > 0 {
             eprintln!(
                 "{}: {}: {staging} upload staging file(s) left by a crash",
@@ -985,12 +985,13 @@ impl World {
             assert_eq!(&held, expected, "{}: {table} rows", self.name);
             if table == FILES_TABLE {
                 for node in &all {
+                    let blobs = LocalBlobs::node(&node.home);
                     for r in first.iter().filter(|r| !r.is_tombstone()) {
                         let key = r.row.as_ref().unwrap()["object_storage_key"]
                             .as_str()
                             .unwrap();
                         assert!(
-                            node.home.join("blobs").join(key).exists(),
+                            blobs.read(key).is_some(),
                             "{}: app file {key} missing on {}",
                             self.name,
                             node.name
@@ -1018,8 +1019,8 @@ impl World {
     fn check_server_blobs(&self) {
         match &self.backend {
             Backend::Sqlite => {
-                let dir = self.servers[0].data.as_ref().unwrap().join("blobs");
-                let staging = check_blob_dir(&dir);
+                let blobs = LocalBlobs::server(self.servers[0].data.as_ref().unwrap());
+                let staging = blobs.check();
                 if staging > 0 {
                     eprintln!(
                         "{}: server: {staging} upload staging file(s) left by a crash",
@@ -1027,28 +1028,41 @@ impl World {
                     );
                 }
                 for (key, hash) in &self.keys {
-                    let bytes = std::fs::read(dir.join(key))
-                        .unwrap_or_else(|e| panic!("{}: server blob {key}: {e}", self.name));
+                    let bytes = blobs
+                        .read(key)
+                        .unwrap_or_else(|| panic!("{}: server blob {key} missing", self.name));
                     assert_eq!(&sha256_hex(&bytes), hash, "server blob {key}");
                 }
             }
             Backend::Postgres(so) => {
-                let blobs = so.s3();
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
                 runtime.block_on(async {
                     use sync_blobs::object_store::{path::Path as ObjectPath, ObjectStoreExt};
+                    // As the servers store them: small blobs in the pack of their database,
+                    // the rest in the bucket (decision 0014).
+                    let store = sync_postgres::PostgresStore::connect_with(
+                        &so.url,
+                        &sync_postgres::PostgresOptions::default()
+                            .with_schema(schema_of(&self.name)),
+                    )
+                    .await
+                    .expect("the servers' database");
+                    let blobs = so
+                        .s3()
+                        .with_pack(Arc::new(store.blob_pack()), sync_blobs::DEFAULT_PACK_LIMIT);
                     for (key, hash) in &self.keys {
                         let got = blobs
                             .object_store()
                             .get(&ObjectPath::parse(key).unwrap())
                             .await
-                            .unwrap_or_else(|e| panic!("{}: S3 blob {key}: {e}", self.name));
+                            .unwrap_or_else(|e| panic!("{}: server blob {key}: {e}", self.name));
                         let bytes = got.bytes().await.unwrap();
-                        assert_eq!(&sha256_hex(&bytes), hash, "S3 blob {key}");
+                        assert_eq!(&sha256_hex(&bytes), hash, "server blob {key}");
                     }
+                    store.close().await;
                 });
             }
         }
@@ -1079,10 +1093,93 @@ fn hlc_map(v: &Value) -> BTreeMap<String, Hlc> {
         .unwrap_or_default()
 }
 
-/// Every blob under `dir` hashes to the name it is stored under (keys end in the content
-/// hash). Upload staging files (`<key>#<n>`) are invisible to readers and skipped; how many
-/// there are is returned (an upload cut by a crash leaves its staging file behind).
-fn check_blob_dir(dir: &Path) -> usize {
+/// The blobs of a node home or of an embedded server's data directory, read the way
+/// `starkeep-sync` stores them: small ones packed in its database, larger ones as files
+/// (decision 0014). Opened for one check and closed again, never while the process runs.
+struct LocalBlobs {
+    runtime: tokio::runtime::Runtime,
+    store: sync_sqlite::SqliteStore,
+    blobs: sync_blobs::ObjectBlobs,
+    dir: PathBuf,
+}
+
+impl LocalBlobs {
+    fn node(home: &Path) -> Self {
+        Self::open(&home.join("blobs"), &home.join("node.db"))
+    }
+
+    fn server(data: &Path) -> Self {
+        Self::open(&data.join("blobs"), &data.join("server.db"))
+    }
+
+    fn open(dir: &Path, db: &Path) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = runtime
+            .block_on(sync_sqlite::SqliteStore::open(db))
+            .unwrap_or_else(|e| panic!("opening {}: {e}", db.display()));
+        let blobs = sync_blobs::ObjectBlobs::filesystem(dir)
+            .unwrap()
+            .with_pack(Arc::new(store.blob_pack()), sync_blobs::DEFAULT_PACK_LIMIT);
+        Self {
+            runtime,
+            store,
+            blobs,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The blob at `key`, from the pack or its file.
+    fn read(&self, key: &str) -> Option<Vec<u8>> {
+        use sync_blobs::object_store::{path::Path as ObjectPath, ObjectStoreExt};
+        self.runtime.block_on(async {
+            let path = ObjectPath::parse(key).unwrap();
+            match self.blobs.object_store().get(&path).await {
+                Ok(got) => Some(got.bytes().await.unwrap().to_vec()),
+                Err(sync_blobs::object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("reading blob {key}: {e}"),
+            }
+        })
+    }
+
+    /// Every blob stored hashes to the last segment of its key (keys end in the content
+    /// hash). Upload staging files (`<key>#<n>`) are invisible to readers and skipped; how
+    /// many there are is returned (an upload cut by a crash leaves its staging file behind).
+    fn check(&self) -> usize {
+        use futures::TryStreamExt;
+        let keys: Vec<String> = self.runtime.block_on(async {
+            self.blobs
+                .object_store()
+                .list(None)
+                .map_ok(|m| m.location.to_string())
+                .try_collect()
+                .await
+                .unwrap()
+        });
+        for key in &keys {
+            let bytes = self.read(key).unwrap();
+            let name = key.rsplit('/').next().unwrap();
+            assert_eq!(
+                sha256_hex(&bytes),
+                name,
+                "blob {key} does not match its content hash ({} bytes)",
+                bytes.len()
+            );
+        }
+        count_staging(&self.dir)
+    }
+}
+
+impl Drop for LocalBlobs {
+    fn drop(&mut self) {
+        self.runtime.block_on(self.store.close());
+    }
+}
+
+/// Upload staging files (`<key>#<n>`) under `dir`.
+fn count_staging(dir: &Path) -> usize {
     let mut staging = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -1101,16 +1198,7 @@ fn check_blob_dir(dir: &Path) -> usize {
                 .is_some_and(|(_, n)| n.bytes().all(|b| b.is_ascii_digit()))
             {
                 staging += 1;
-                continue;
             }
-            let bytes = std::fs::read(&path).unwrap();
-            assert_eq!(
-                sha256_hex(&bytes),
-                name,
-                "blob {} does not match its content hash ({} bytes)",
-                path.display(),
-                bytes.len()
-            );
         }
     }
     staging
