@@ -87,6 +87,9 @@ pub struct BenchArgs {
     /// Nodes run their rounds without pipelined pulls (for an A/B against the default).
     #[arg(long)]
     no_pipelined_pulls: bool,
+    /// Nodes run their rounds without pipelined pushes (for an A/B against the default).
+    #[arg(long)]
+    no_pipelined_pushes: bool,
     /// A PostgreSQL database for issue 3's storage figures on PostgreSQL and the load
     /// scenario's scale-out setup (each run works in fresh schemas it drops again).
     #[arg(long, env = "STARKEEP_BENCH_POSTGRES_URL")]
@@ -218,6 +221,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         runs,
         page_limit: args.page_limit,
         pipelined_pulls: args.no_pipelined_pulls.then_some(false),
+        pipelined_pushes: args.no_pipelined_pushes.then_some(false),
         pack_limit: args.blob_pack_limit,
         postgres_url: args.postgres_url.clone(),
     };
@@ -240,6 +244,9 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     }
     if args.no_pipelined_pulls {
         command.push_str(" --no-pipelined-pulls");
+    }
+    if args.no_pipelined_pushes {
+        command.push_str(" --no-pipelined-pushes");
     }
     if args.blob_pack_limit != crate::blobs::DEFAULT_PACK_LIMIT {
         command.push_str(&format!(" --blob-pack-limit {}", args.blob_pack_limit));
@@ -415,6 +422,7 @@ struct Bench {
     runs: usize,
     page_limit: Option<usize>,
     pipelined_pulls: Option<bool>,
+    pipelined_pushes: Option<bool>,
     /// The largest blob kept in a database (decision 0014); datasets with blobs are seeded
     /// (and named) per limit.
     pack_limit: u64,
@@ -506,6 +514,7 @@ impl Bench {
             channel: channel.to_string(),
             page_limit: self.page_limit,
             pipelined_pulls: self.pipelined_pulls,
+            pipelined_pushes: self.pipelined_pushes,
             job,
         };
         let out = self

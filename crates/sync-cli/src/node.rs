@@ -57,6 +57,8 @@ pub struct EngineOptions {
     pub page_limit: Option<usize>,
     /// Pipelined pulls on or off (the engine's default, on, when `None`).
     pub pipelined_pulls: Option<bool>,
+    /// Pipelined pushes on or off (the engine's default, on, when `None`).
+    pub pipelined_pushes: Option<bool>,
 }
 
 impl Node {
@@ -180,6 +182,9 @@ impl Node {
         }
         if let Some(on) = options.pipelined_pulls {
             builder = builder.pipelined_pulls(on);
+        }
+        if let Some(on) = options.pipelined_pushes {
+            builder = builder.pipelined_pushes(on);
         }
         let shared = self.clock.lock().expect("clock slot").clone();
         if let Some(clock) = shared {

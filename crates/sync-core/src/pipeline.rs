@@ -1,4 +1,5 @@
-//! Pipelined pulls (decision 0012): while one page lands, the next is already asked for.
+//! Pipelined pulls (decision 0012): while one page lands, the next is already asked for;
+//! pipelined pushes (decision 0015): while one page is out, the next is already cut.
 //!
 //! A round is sequential: the responder cuts and encodes a page while this node waits, then
 //! this node applies and persists it while the responder idles. When a round ships nothing
@@ -25,6 +26,20 @@
 //! * A pipelined round reads no outbound side, so the channel is idle only after a normal
 //!   round says neither side has more, and at most 32 pipelined rounds run in a row (a
 //!   local write waits at most that many pages to ship).
+//!
+//! **Pipelined pushes** (decision 0015) overlap the other way: while a round that ships a
+//! full page is out, the next page is cut (its blobs read for inline, or pushed), assuming
+//! the responder accepts the page whole, so that this node's selection and reads overlap
+//! the responder's work. The page cut ahead is sent only after the round before it has
+//! landed with nothing left behind, and only if the responder's coverage of every origin
+//! node it ships is then exactly what it was cut against: it is then each node's lowest
+//! versions the responder has not covered (INV-06), as a fresh cut would be. Otherwise it
+//! is dropped (blobs it pushed are orphans, harmless) and the page is cut again. It asks
+//! from the watermarks persisted by then, and lands as any normal round.
+//!
+//! Rounds also pull before they push small blobs to a peer whose inline limit they do not
+//! know yet: the first round then ships nothing and learns the limit from the response, so
+//! the page's small blobs ride inside the next request rather than one `/files` upload each.
 
 use std::{future::Future, task::Poll};
 
@@ -32,8 +47,8 @@ use futures_util::future::{self, poll_fn, BoxFuture};
 use sync_protocol::{ExchangeRequest, ExchangeResponse, PROTOCOL_VERSION};
 
 use crate::{
-    round::{lock, Outgoing},
-    Error, ExchangeError, Requester, RoundReport,
+    round::{lock, Outgoing, Shipping},
+    ChannelState, Error, ExchangeError, Requester, RoundReport,
 };
 
 type Pending = BoxFuture<'static, Result<ExchangeResponse, ExchangeError>>;
@@ -48,8 +63,14 @@ const MAX_RUN: usize = 32;
 pub struct Rounds<'a> {
     requester: &'a Requester,
     in_flight: Option<(Outgoing, Pending)>,
+    /// The next shipping page, cut while the previous one was out (pipelined pushes): sent
+    /// once that one has landed, if the peer's coverage is what it was cut against.
+    cut_ahead: Option<(Outgoing, ExchangeRequest)>,
     /// The last round that landed left nothing behind: no failure, refusal or gap.
     clean: bool,
+    /// The last round that landed wrote no item here (a page cut ahead of it was cut from
+    /// the items held then, so it still holds only if nothing inbound replaced any).
+    wrote_nothing: bool,
     /// Pipelined rounds since the last normal one.
     run: usize,
 }
@@ -61,7 +82,9 @@ impl Requester {
         Rounds {
             requester: self,
             in_flight: None,
+            cut_ahead: None,
             clean: true,
+            wrote_nothing: true,
             run: 0,
         }
     }
@@ -69,9 +92,30 @@ impl Requester {
 
 /// A normal round's request, sent.
 async fn send(requester: &Requester) -> Result<(Outgoing, ExchangeResponse), Error> {
-    let (outgoing, request) = requester.prepare().await?;
+    let (outgoing, request) = requester
+        .prepare(Shipping::AfterLearningInlineLimit)
+        .await?;
     let response = requester.parts().transport.exchange(request).await?;
     Ok((outgoing, response))
+}
+
+/// The state a page cut ahead assumes once `request` has landed whole: own as it is, the
+/// peer covering every item shipped.
+fn assumed_after(outgoing: &Outgoing, request: &ExchangeRequest) -> Option<ChannelState> {
+    let loaded = outgoing.loaded.as_ref()?;
+    let mut peer = loaded.peer.clone();
+    for hlc in request
+        .records
+        .iter()
+        .map(|r| r.hlc())
+        .chain(request.app_syncable_rows.iter().map(|r| r.hlc()))
+    {
+        peer.advance(hlc);
+    }
+    Some(ChannelState {
+        own: loaded.own.clone(),
+        peer,
+    })
 }
 
 fn nothing_left_behind(report: &RoundReport) -> bool {
@@ -88,6 +132,7 @@ impl Rounds<'_> {
     /// pipelined reports no more work.
     pub async fn next_round(&mut self) -> Result<RoundReport, Error> {
         let requester = self.requester;
+        let cut_ahead = self.cut_ahead.take();
         let (outgoing, response) = match self.in_flight.take() {
             Some((outgoing, pending)) => match pending.await {
                 Ok(response) => (outgoing, response),
@@ -97,7 +142,7 @@ impl Rounds<'_> {
                     send(requester).await?
                 }
             },
-            None => send(requester).await?,
+            None => self.ship(cut_ahead).await?,
         };
         self.run = if outgoing.report.pipelined {
             self.run + 1
@@ -105,8 +150,16 @@ impl Rounds<'_> {
             0
         };
         let Some((next, request)) = self.pipelined_request(&outgoing, &response) else {
-            let report = requester.land(outgoing, response).await?;
+            let report = match requester.land(outgoing, response).await {
+                Ok(report) => report,
+                Err(e) => {
+                    // A page cut ahead assumed this one would land.
+                    self.cut_ahead = None;
+                    return Err(e);
+                }
+            };
             self.clean = nothing_left_behind(&report);
+            self.wrote_nothing = report.applied == 0;
             return Ok(report);
         };
         let transport = requester.parts().transport.clone();
@@ -127,12 +180,56 @@ impl Rounds<'_> {
         // A page that failed to land takes the pipelined request with it, unread.
         let report = report?;
         self.clean = nothing_left_behind(&report);
+        self.wrote_nothing = report.applied == 0;
         let pending = match answered {
             Some(r) => Box::pin(future::ready(r)),
             None => pending,
         };
         self.in_flight = Some((next, pending));
         Ok(report)
+    }
+
+    /// A normal round: the page cut ahead when it still holds (else a fresh cut), sent; and
+    /// while it is out, the next page cut ahead when this one ships a full page cleanly.
+    async fn ship(
+        &mut self,
+        cut_ahead: Option<(Outgoing, ExchangeRequest)>,
+    ) -> Result<(Outgoing, ExchangeResponse), Error> {
+        let requester = self.requester;
+        let parts = requester.parts();
+        let check = parts.config.cut_ahead_check;
+        let ready = match cut_ahead.filter(|_| !check || (self.clean && self.wrote_nothing)) {
+            Some((outgoing, request)) => requester.cut_ahead_still_holds(outgoing, request).await?,
+            None => None,
+        };
+        let (outgoing, request) = match ready {
+            Some(ready) => ready,
+            None => {
+                requester
+                    .prepare(Shipping::AfterLearningInlineLimit)
+                    .await?
+            }
+        };
+        let sent = &outgoing.report;
+        let assumed = (parts.config.pipelined_pushes
+            && sent.shipped > 0
+            && sent.outbound_has_more
+            && sent.failures.is_empty()
+            && sent.outbound_blocked.is_none())
+        .then(|| assumed_after(&outgoing, &request))
+        .flatten();
+        let transport = parts.transport.clone();
+        let exchange = transport.exchange(request);
+        let Some(assumed) = assumed else {
+            return Ok((outgoing, exchange.await?));
+        };
+        // Cut the next page while this one is out; a failed cut is dropped (the next round
+        // cuts again), a failed exchange fails the round as ever.
+        let next = requester.prepare_from(Shipping::AfterLearningInlineLimit, Some(assumed));
+        let (response, next) = future::join(exchange, next).await;
+        let response = response?;
+        self.cut_ahead = next.ok().filter(|(next, _)| next.report.shipped > 0);
+        Ok((outgoing, response))
     }
 
     /// The next round's request, if it may go out before this response has landed: a

@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
 };
@@ -51,10 +51,19 @@ pub struct RoundConfig {
     /// page is already asked for, when nothing is owed outbound and no failure is pending
     /// (decision 0012).
     pub pipelined_pulls: bool,
+    /// Pipelined pushes in [`Requester::rounds`] (default on): while a full page is out, the
+    /// next page is cut (and its blobs read or pushed), assuming the peer accepts the page
+    /// whole; it is sent only if the peer's coverage then is exactly what it was cut
+    /// against, else it is cut again (decision 0015).
+    pub pipelined_pushes: bool,
     /// Whether a pipelined page keeps own[origin] behind a gap the previous page left; only
     /// the default (true) is correct (the simulator's teeth tests turn it off).
     #[doc(hidden)]
     pub pipelined_gap_rule: bool,
+    /// Whether a page cut ahead (pipelined pushes) is checked before it is sent; only the
+    /// default (true) is correct (the simulator's teeth tests turn it off).
+    #[doc(hidden)]
+    pub cut_ahead_check: bool,
     /// The page-cut order; only the default is correct (the simulator's teeth tests use
     /// the other).
     #[doc(hidden)]
@@ -70,7 +79,9 @@ impl Default for RoundConfig {
             inline_blob_limit: 64 * 1024,
             inline_budget: 8 * 1024 * 1024,
             pipelined_pulls: true,
+            pipelined_pushes: true,
             pipelined_gap_rule: true,
+            cut_ahead_check: true,
             cut_order: CutOrder::PerOriginVersion,
         }
     }
@@ -105,6 +116,11 @@ impl RoundConfig {
     /// Turns pipelined pulls on or off.
     pub fn with_pipelined_pulls(mut self, on: bool) -> Self {
         self.pipelined_pulls = on;
+        self
+    }
+    /// Turns pipelined pushes on or off.
+    pub fn with_pipelined_pushes(mut self, on: bool) -> Self {
+        self.pipelined_pushes = on;
         self
     }
 }
@@ -176,6 +192,10 @@ pub struct RoundReport {
     /// still landing, so it shipped nothing and its outbound side was not read (a normal
     /// round follows before the channel counts as idle).
     pub pipelined: bool,
+    /// This round's page was cut while the previous round was out (a pipelined push), and
+    /// sent once that round had landed and the peer's coverage was exactly what the page
+    /// was cut against.
+    pub cut_ahead: bool,
     /// Origin nodes whose items in a pipelined round applied but whose watermark stayed:
     /// the previous page stopped at a failure of theirs, so the request had asked from
     /// above the gap.
@@ -243,6 +263,8 @@ pub struct Requester {
     /// The largest inline blob the peer announced it takes (0 until it says so): learned
     /// from each response, so the first round with a new peer pushes through `/files`.
     peer_inline_limit: AtomicU64,
+    /// Whether `peer_inline_limit` was learned (or assumed) yet.
+    peer_inline_known: AtomicBool,
 }
 
 enum Inbound {
@@ -267,6 +289,18 @@ fn counted(
         counter.fetch_add(*bytes, Ordering::Relaxed);
     }
     moved
+}
+
+/// What a round's request may ship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shipping {
+    /// Everything selected, small blobs through `/files` while the peer's inline limit is
+    /// not known (a single [`Requester::exchange`] ships what it can).
+    All,
+    /// Nothing while the peer's inline limit is not known and the page has small blobs to
+    /// push: one pull-only round learns it, and the next ships them inline (the rounds of
+    /// [`Requester::rounds`]).
+    AfterLearningInlineLimit,
 }
 
 /// A round's request on its way out, with what landing its response needs.
@@ -370,6 +404,7 @@ impl Requester {
         Self {
             parts,
             peer_inline_limit: AtomicU64::new(0),
+            peer_inline_known: AtomicBool::new(false),
         }
     }
 
@@ -379,7 +414,14 @@ impl Requester {
     /// blobs came inline, and the next round ships them again the usual way.
     pub fn assume_peer_inline_limit(self, bytes: u64) -> Self {
         self.peer_inline_limit.store(bytes, Ordering::Relaxed);
+        self.peer_inline_known.store(true, Ordering::Relaxed);
         self
+    }
+
+    /// Whether this requester knows yet how large a blob the peer takes inline (from a
+    /// response, or assumed).
+    pub fn peer_inline_known(&self) -> bool {
+        self.peer_inline_known.load(Ordering::Relaxed)
     }
 
     /// The options in force.
@@ -390,7 +432,7 @@ impl Requester {
     /// One exchange round. On error nothing was persisted (applying the same round again
     /// is harmless); item-level failures are reported in the result instead.
     pub async fn exchange(&self) -> Result<RoundReport, Error> {
-        let (outgoing, request) = self.prepare().await?;
+        let (outgoing, request) = self.prepare(Shipping::All).await?;
         let response = self.parts.transport.exchange(request).await?;
         self.land(outgoing, response).await
     }
@@ -400,7 +442,21 @@ impl Requester {
     }
 
     /// Steps 1-4 of a round: the request, with its blobs pushed.
-    pub(crate) async fn prepare(&self) -> Result<(Outgoing, ExchangeRequest), Error> {
+    pub(crate) async fn prepare(
+        &self,
+        shipping: Shipping,
+    ) -> Result<(Outgoing, ExchangeRequest), Error> {
+        self.prepare_from(shipping, None).await
+    }
+
+    /// [`prepare`](Self::prepare), cutting the page against `assumed` (own and peer as they
+    /// will be once the round in flight has landed) instead of the persisted state: a
+    /// pipelined push. Its [`Outgoing`] loads the state when it lands.
+    pub(crate) async fn prepare_from(
+        &self,
+        shipping: Shipping,
+        assumed: Option<ChannelState>,
+    ) -> Result<(Outgoing, ExchangeRequest), Error> {
         let p = &self.parts;
         let channel = p.data.channel().clone();
         let scope = p.data.scope().await?;
@@ -409,7 +465,12 @@ impl Requester {
         let mut report = RoundReport::default();
 
         // 1. Load own and peer watermarks.
-        let ChannelState { own, peer } = p.state.load(&channel).await.map_err(Error::State)?;
+        let cut_ahead = assumed.is_some();
+        let ChannelState { own, peer } = match assumed {
+            Some(state) => state,
+            None => p.state.load(&channel).await.map_err(Error::State)?,
+        };
+        report.cut_ahead = cut_ahead;
 
         // 2. Select outbound: per origin node, its lowest versions above peer[origin],
         //    across every stream; another node's versions only as far as our own contiguous
@@ -431,7 +492,7 @@ impl Requester {
             }
             Err(e) => Err(e),
         };
-        let selection = selection.unwrap_or_else(|e| {
+        let mut selection = selection.unwrap_or_else(|e| {
             tracing::warn!(%channel, error = %e, "outbound scan failed; shipping nothing this round");
             report.outbound_blocked = Some(e.to_string());
             Selection::default()
@@ -444,6 +505,22 @@ impl Requester {
         //    version 2), up to a per-request budget; the rest go through `/files`.
         let own_inline = p.config.inline_blob_limit.min(p.transfer.inline_limit());
         let send_inline = own_inline.min(self.peer_inline_limit.load(Ordering::Relaxed));
+        if shipping == Shipping::AfterLearningInlineLimit
+            && !self.peer_inline_known()
+            && own_inline > 0
+            && selection
+                .items
+                .iter()
+                .filter_map(|item| item.blob(files))
+                .any(|m| m.size_bytes <= own_inline)
+        {
+            // Small blobs to push and the peer's inline limit not known yet: this round only
+            // pulls (and learns it from the response); the next ships them inline instead of
+            // one `/files` request each.
+            tracing::debug!(%channel, "learning the peer's inline limit before shipping");
+            selection = Selection::default();
+            report.outbound_has_more = true;
+        }
         let mut budget = p.config.inline_budget;
         let mut outbound = PrefixLedger::new();
         let halted: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
@@ -571,12 +648,52 @@ impl Requester {
         }
         let outgoing = Outgoing {
             asked: request.watermarks.clone(),
-            loaded: Some(ChannelState { own, peer }),
+            loaded: (!cut_ahead).then_some(ChannelState { own, peer }),
             report,
             scope,
             own_inline,
         };
         Ok((outgoing, request))
+    }
+
+    /// A page cut ahead ([`prepare_from`](Self::prepare_from)), once the round before it
+    /// has landed: `Some` with the request asking from the watermarks now persisted, if the
+    /// peer's coverage of every origin node the page ships is exactly what the page was cut
+    /// against (so it is still each node's lowest versions the peer has not covered: INV-06);
+    /// `None` when it must be cut again.
+    pub(crate) async fn cut_ahead_still_holds(
+        &self,
+        outgoing: Outgoing,
+        mut request: ExchangeRequest,
+    ) -> Result<Option<(Outgoing, ExchangeRequest)>, Error> {
+        let p = &self.parts;
+        let state = p.state.load(p.data.channel()).await.map_err(Error::State)?;
+        let basis = request.peer_watermarks.clone().unwrap_or_default();
+        let mut shipped = request
+            .records
+            .iter()
+            .map(|r| r.origin())
+            .chain(request.app_syncable_rows.iter().map(|r| r.origin()));
+        if p.config.cut_ahead_check
+            && shipped.any(|origin| state.peer.get(origin.as_str()) != basis.get(origin.as_str()))
+        {
+            return Ok(None);
+        }
+        request.watermarks = state.own.clone();
+        {
+            let clock = lock(&p.clock);
+            if clock.state().wall_time > 0 {
+                request.watermarks.advance(&clock.last());
+            }
+        }
+        // From here on it is a normal round that started now: it lands onto this state (and
+        // the page after it can be cut ahead of it in turn).
+        let outgoing = Outgoing {
+            asked: request.watermarks.clone(),
+            loaded: Some(state),
+            ..outgoing
+        };
+        Ok(Some((outgoing, request)))
     }
 
     /// Steps 5-7 of a round: apply the response, persist, report.
@@ -602,6 +719,7 @@ impl Requester {
         };
         self.peer_inline_limit
             .store(response.accept_inline_blobs.unwrap_or(0), Ordering::Relaxed);
+        self.peer_inline_known.store(true, Ordering::Relaxed);
         // Blobs the responder sent inline, by key; an item whose blob is not among them (or
         // is larger than we asked for) is pulled through `/files` instead.
         let inline_in: HashMap<String, Vec<u8>> = response

@@ -234,6 +234,13 @@ impl EngineBuilder {
         self.round = self.round.with_pipelined_pulls(on);
         self
     }
+    /// Pipelined pushes in [`Engine::sync_until_idle`] (default on): while a full page is
+    /// out, the next is already cut, and sent once the peer's coverage shows it still holds
+    /// (decision 0015).
+    pub fn pipelined_pushes(mut self, on: bool) -> Self {
+        self.round = self.round.with_pipelined_pushes(on);
+        self
+    }
     /// Retries of transient failures in [`Engine::sync_until_idle`].
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
@@ -512,6 +519,7 @@ impl Engine {
             halted_by_peer = field::Empty,
             has_more = field::Empty,
             stalled = field::Empty,
+            pipelined = field::Empty,
             duration_ms = field::Empty,
             error = field::Empty,
         );
@@ -528,6 +536,12 @@ impl Engine {
                 span.record("halted_by_peer", report.halted_by_peer.len() as u64);
                 span.record("has_more", report.has_more);
                 span.record("stalled", report.stalled());
+                // How the round overlapped the one before it (decisions 0012, 0015).
+                if report.pipelined {
+                    span.record("pipelined", "pull");
+                } else if report.cut_ahead {
+                    span.record("pipelined", "push");
+                }
                 // Failing items are cleared once a watermark covers them; the state is read
                 // back only while there are some.
                 let state = if self.inner.metrics.has_failing_items(&self.inner.channel) {

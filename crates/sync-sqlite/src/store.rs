@@ -19,12 +19,6 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// How many prepared statements each connection keeps (every hot query is prepared once).
 const STATEMENT_CACHE: usize = 64;
 
-/// The writer connection's page cache, in KiB (SQLite's `cache_size` is negative for KiB).
-/// Every write goes through that one connection, so the B-tree pages it touched stay cached
-/// from one transaction to the next; the default (2 MiB) holds a small part of a page of
-/// randomly placed keys (packed blobs, decision 0014) and re-reads the rest on every write.
-const WRITER_CACHE_KIB: i64 = 32 * 1024;
-
 /// Rows sqlx's worker thread may run ahead of the reading task (sqlx's default is 50). A
 /// scan returns a page of up to ~1000 rows; with a small buffer the worker stalls and the
 /// two threads wake each other every few rows.
@@ -137,7 +131,7 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(connect.pragma("cache_size", (-WRITER_CACHE_KIB).to_string()))
+            .connect_with(connect)
             .await;
         match writer {
             Ok(writer) => Ok(Self { pool, writer }),

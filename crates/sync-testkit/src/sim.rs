@@ -44,6 +44,9 @@ pub struct SimOptions {
     pub pipelined_pulls: PipelinedPulls,
     /// Let a pipelined page move a watermark over the previous page's gap (a deliberate bug).
     pub jump_pipelined_gaps: bool,
+    /// Send a page cut ahead (pipelined pushes) without checking that it still holds (a
+    /// deliberate bug).
+    pub skip_cut_ahead_check: bool,
 }
 
 /// Which seeds of a simulation run pipelined pulls.
@@ -82,6 +85,7 @@ impl Default for SimOptions {
             inline_blobs: InlineBlobs::OddSeeds,
             pipelined_pulls: PipelinedPulls::SeedBit1,
             jump_pipelined_gaps: false,
+            skip_cut_ahead_check: false,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct SimStats {
     pub pipelined_rounds: usize,
     /// Pipelined rounds that held an origin node's watermark behind a gap.
     pub held_back: usize,
+    /// Rounds whose page was cut while the previous round was out (pipelined pushes).
+    pub cut_ahead_rounds: usize,
 }
 
 /// A seed that broke an invariant.
@@ -633,6 +639,8 @@ impl World {
             .with_pipelined_pulls(self.pipelined());
         config.cut_order = self.options.cut_order;
         config.pipelined_gap_rule = !self.options.jump_pipelined_gaps;
+        config.cut_ahead_check = !self.options.skip_cut_ahead_check;
+        config.pipelined_pushes = self.pipelined();
         let requester = Requester::new(RequesterParts {
             data: dev.side.data(channel),
             state: dev.side.state.clone(),
@@ -704,11 +712,13 @@ impl World {
         let mut candidates = stored(side, channel);
         let mut broken: Option<String> = None;
         let (mut rounds, mut pipelined, mut held_back, mut inline) = (0, 0, 0, 0);
+        let mut cut_ahead = 0;
         let mut busy = false;
         let mut events = Vec::new();
         let result = block_on(requester.sync_until_idle_with(12, |r| {
             rounds += 1;
             pipelined += usize::from(r.pipelined);
+            cut_ahead += usize::from(r.cut_ahead);
             held_back += r.held_back.len();
             let after = side.state.get(channel);
             busy |= r.applied > 0
@@ -718,7 +728,7 @@ impl World {
                 || before.peer != after.peer;
             events.push(format!(
                 "dev-{d} {channel} limit {page_limit} (until idle){}: applied {} resident {} shipped {} more {} failures {} halted {:?} held back {:?}",
-                if r.pipelined { " pipelined" } else { "" },
+                if r.pipelined { " pipelined" } else if r.cut_ahead { " cut ahead" } else { "" },
                 r.applied, r.became_resident, r.shipped, r.has_more, r.failures.len(), r.halted_by_peer, r.held_back
             ));
             if broken.is_some() {
@@ -754,6 +764,7 @@ impl World {
         let inv10 = failed.is_some() && after != before;
         self.stats.rounds += rounds + usize::from(failed.is_some());
         self.stats.pipelined_rounds += pipelined;
+        self.stats.cut_ahead_rounds += cut_ahead;
         self.stats.held_back += held_back;
         self.stats.inline_sent += inline;
         for e in events {

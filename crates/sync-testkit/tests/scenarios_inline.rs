@@ -312,6 +312,71 @@ fn in06_a_responder_without_inline_blobs_refuses_them_and_the_next_round_pushes(
 }
 
 #[test]
+fn in06b_rounds_until_idle_pull_first_and_then_ship_small_blobs_inline() {
+    // A requester that has not heard from its peer yet: the first round of a sync until
+    // idle ships nothing and learns the limit, so the page's small blobs ride inside the
+    // next request instead of one upload each; a larger blob is still pushed.
+    let t = Inline::drive();
+    let small: Vec<_> = (0..5)
+        .map(|i| {
+            t.pair
+                .local
+                .put_record(&format!("S{i}"), Some(format!("small {i}").as_bytes()))
+        })
+        .collect();
+    let big = t
+        .pair
+        .local
+        .put_record("B", Some(&vec![3u8; LIMIT as usize + 1]));
+    let summary = block_on(t.requester.sync_until_idle(10)).expect("sync");
+    assert!(summary.complete, "{summary:?}");
+    assert_eq!(summary.shipped, 6, "{summary:?}");
+    let requests = t.wire.requests.lock().unwrap().clone();
+    assert!(
+        requests[0].records.is_empty() && requests[0].inline_blobs.is_empty(),
+        "the first request only pulls: {:?}",
+        requests[0]
+    );
+    assert_eq!(requests[1].records.len(), 6);
+    assert_eq!(requests[1].inline_blobs.len(), 5);
+    // Only the large blob was pushed; every blob is at the responder.
+    assert_eq!(t.pair.cloud.blobs.put_count(), 1 + 5);
+    for r in small.iter().chain([&big]) {
+        assert_eq!(
+            t.pair.cloud.blobs.bytes(&r.object_storage_key),
+            t.pair.local.blobs.bytes(&r.object_storage_key)
+        );
+    }
+    // Once known, a later sync ships in its first round.
+    t.pair.local.put_record("S9", Some(b"later"));
+    let before = t.wire.requests.lock().unwrap().len();
+    let summary = block_on(t.requester.sync_until_idle(10)).expect("sync");
+    assert_eq!((summary.shipped, summary.rounds), (1, 1), "{summary:?}");
+    assert_eq!(
+        t.wire.requests.lock().unwrap()[before].inline_blobs.len(),
+        1
+    );
+}
+
+#[test]
+fn in06c_rounds_until_idle_with_a_peer_without_inline_blobs_push_after_learning() {
+    // A TypeScript responder announces no inline limit: after the pulling round, the blobs
+    // go through `/files` as before, and everything lands.
+    let t = Inline::new(
+        Pair::drive(),
+        ResponderConfig::default().with_inline_blob_limit(0),
+    );
+    let r = t.pair.local.put_record("R1", Some(b"small"));
+    let summary = block_on(t.requester.sync_until_idle(10)).expect("sync");
+    assert!(summary.complete, "{summary:?}");
+    let requests = t.wire.requests.lock().unwrap().clone();
+    assert!(requests[0].records.is_empty());
+    assert!(requests.iter().all(|q| q.inline_blobs.is_empty()));
+    assert_eq!(t.pair.cloud.record_residency("R1"), Residency::Resident);
+    assert!(t.pair.cloud.blobs.has(&r.object_storage_key));
+}
+
+#[test]
 fn in07_the_budget_bounds_inline_bytes_per_message_and_the_rest_still_lands() {
     let pair = Pair::drive();
     let mut pair = pair;

@@ -23,7 +23,7 @@ fn simulation_keeps_every_invariant() {
     let first = env_u64("STARKEEP_SIM_SEED").unwrap_or(0);
     let started = Instant::now();
     let (mut rounds, mut writes, mut failed, mut inline) = (0, 0, 0, 0);
-    let (mut pipelined, mut held_back) = (0, 0);
+    let (mut pipelined, mut held_back, mut cut_ahead) = (0, 0, 0);
     for seed in first..first + seeds {
         match run_seed(seed, &SimOptions::default()) {
             Ok(stats) => {
@@ -33,6 +33,7 @@ fn simulation_keeps_every_invariant() {
                 inline += stats.inline_sent;
                 pipelined += stats.pipelined_rounds;
                 held_back += stats.held_back;
+                cut_ahead += stats.cut_ahead_rounds;
             }
             Err(failure) => panic!("{failure}"),
         }
@@ -40,14 +41,15 @@ fn simulation_keeps_every_invariant() {
     eprintln!(
         "simulated {seeds} seeds from {first}: {rounds} rounds ({failed} failed as a whole), \
          {writes} writes, {inline} blobs shipped inline, {pipelined} pipelined rounds \
-         ({held_back} origin nodes held back at a gap), in {:.1?}",
+         ({held_back} origin nodes held back at a gap), {cut_ahead} pages cut ahead, in {:.1?}",
         started.elapsed()
     );
     // Odd seeds carry small blobs inline: the run must have exercised that path.
     if seeds >= 10 {
         assert!(inline > 0, "no blob was ever shipped inline");
-        // Seeds with bit 1 set sync with pipelined pulls.
+        // Seeds with bit 1 set sync with pipelined pulls and pushes.
         assert!(pipelined > 0, "no round was ever a pipelined pull");
+        assert!(cut_ahead > 0, "no page was ever cut ahead");
     }
 }
 
@@ -99,5 +101,18 @@ fn simulation_catches_an_overstating_coverage_report() {
     };
     let caught = (0..200).find_map(|seed| run_seed(seed, &options).err());
     let failure = caught.expect("an overstating coverage report went unnoticed for 200 seeds");
+    eprintln!("caught at seed {}: {}", failure.seed, failure.message);
+}
+
+/// The simulator has teeth: a page cut ahead (pipelined pushes) sent without checking that
+/// the responder's coverage is what it was cut against is caught.
+#[test]
+fn simulation_catches_an_unchecked_page_cut_ahead() {
+    let options = SimOptions {
+        skip_cut_ahead_check: true,
+        ..SimOptions::default()
+    };
+    let caught = (0..2000).find_map(|seed| run_seed(seed, &options).err());
+    let failure = caught.expect("an unchecked page cut ahead went unnoticed for 2000 seeds");
     eprintln!("caught at seed {}: {}", failure.seed, failure.message);
 }

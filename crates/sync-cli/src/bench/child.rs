@@ -67,6 +67,9 @@ pub enum ChildSpec {
         /// Pipelined pulls on or off (the engine's default when `None`).
         #[serde(default)]
         pipelined_pulls: Option<bool>,
+        /// Pipelined pushes on or off (the engine's default when `None`).
+        #[serde(default)]
+        pipelined_pushes: Option<bool>,
         /// Which rounds.
         job: NodeJob,
     },
@@ -187,6 +190,7 @@ pub async fn run(spec: ChildSpec) -> Result<u8> {
             channel,
             page_limit,
             pipelined_pulls,
+            pipelined_pushes,
             job,
         } => {
             let channel = Channel::parse(&channel)
@@ -194,6 +198,7 @@ pub async fn run(spec: ChildSpec) -> Result<u8> {
             let options = EngineOptions {
                 page_limit,
                 pipelined_pulls,
+                pipelined_pushes,
             };
             let report = rounds(&home, channel, &options, job).await?;
             println!("{}", serde_json::to_string(&report)?);
