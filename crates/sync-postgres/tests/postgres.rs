@@ -214,6 +214,77 @@ async fn a_database_from_a_newer_schema_is_refused() {
     common::drop_schemas(&url, &[schema]).await;
 }
 
+/// A schema a crash left half migrated: PostgreSQL commits each migration on its own (as
+/// sqlx runs them), so a server killed between two leaves the first ones applied. The next
+/// store to connect applies the rest, and works.
+#[tokio::test]
+async fn a_half_migrated_schema_is_migrated_the_rest_of_the_way() {
+    let Some(url) = common::url() else { return };
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&source)
+        .expect("the migrations")
+        .map(|e| e.expect("a migration").path())
+        .collect();
+    files.sort();
+    let all = files.len() as i64;
+    assert!(all >= 2, "at least two migrations to stop between");
+    assert_eq!(all, PostgresStore::schema_version());
+    // What a server killed after its second-to-last migration committed left behind.
+    let first = tempfile::tempdir().expect("temp dir");
+    for f in &files[..files.len() - 1] {
+        std::fs::copy(f, first.path().join(f.file_name().unwrap())).expect("copy");
+    }
+    let schema = common::fresh_schema();
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .expect("create schema");
+    admin.close().await.expect("close");
+    let mut conn = common::raw(&url, &schema).await;
+    sqlx::migrate::Migrator::new(first.path())
+        .await
+        .expect("the first migrations")
+        .run(&mut conn)
+        .await
+        .expect("migrate part of the way");
+    const APPLIED: &str = "SELECT COUNT(*) FROM _sqlx_migrations";
+    let applied: i64 = sqlx::query_scalar(APPLIED)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(applied, all - 1);
+
+    let store = PostgresStore::connect_with(&url, &common::options(&schema))
+        .await
+        .expect("a half-migrated schema is migrated on connect");
+    let applied: i64 = sqlx::query_scalar(APPLIED)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(applied, all);
+    conn.close().await.expect("close");
+    // And it works: a record, and a packed blob (the last migration's table).
+    let r = record("r1", &hlc(5, 0, "node-a"));
+    assert_eq!(
+        RecordStore::apply(&store, std::slice::from_ref(&r))
+            .await
+            .expect("apply"),
+        vec![Applied::Written]
+    );
+    assert_eq!(RecordStore::get(&store, "r1").await.expect("get"), Some(r));
+    let blob = sync_testkit::conformance::packed("shared/k", b"bytes", 1);
+    let pack = store.blob_pack();
+    assert_eq!(
+        sync_core::BlobPack::put(&pack, std::slice::from_ref(&blob), false)
+            .await
+            .expect("pack"),
+        vec![true]
+    );
+    store.close().await;
+    common::drop_schemas(&url, &[schema]).await;
+}
+
 /// Version columns compare bytewise (`COLLATE "C"`) whatever the database's collation.
 #[tokio::test]
 async fn version_columns_compare_bytewise() {

@@ -1042,14 +1042,14 @@ async fn drop_scale_out(
     Ok(())
 }
 
-/// Refuses a run that would fill the disk: every node ends up with every node's blobs, one
-/// file each (a 256-byte file takes a 4 KiB block on most filesystems), and a database of
-/// every item.
+/// Refuses a run that would fill the disk: every node ends up with every node's blobs and a
+/// database of every item. A 256-byte blob is a row of the node's pack (decision 0014:
+/// about 500 bytes with its key, digest and index entry; it was a 4 KiB file each before).
 fn check_disk(dir: &Path, plan: &LoadPlan) -> Result<()> {
     let items = (plan.nodes * plan.nodes) as u64;
-    let need = items * plan.records as u64 * (4096 + 800)
+    let need = items * plan.records as u64 * (500 + 800)
         + items * plan.rows as u64 * 500
-        + (plan.nodes * plan.records) as u64 * 4096;
+        + (plan.nodes * plan.records) as u64 * 500;
     let Some(free) = free_bytes(dir) else {
         eprintln!(
             "bench: warning: cannot tell the free space under {}",
@@ -1065,9 +1065,9 @@ fn check_disk(dir: &Path, plan: &LoadPlan) -> Result<()> {
     );
     ensure!(
         need < free / 10 * 8,
-        "the load run needs about {:.1} GiB under {} ({} nodes each ending with {} blob \
-         files), more than 80 % of the {:.1} GiB free; use fewer --nodes or --load-records, \
-         or another --work-dir",
+        "the load run needs about {:.1} GiB under {} ({} nodes each ending with {} blobs), \
+         more than 80 % of the {:.1} GiB free; use fewer --nodes or --load-records, or \
+         another --work-dir",
         need as f64 / f64::from(1 << 30),
         dir.display(),
         plan.nodes,

@@ -527,12 +527,41 @@ impl World {
     /// Servers for `backend` (the first armed with `server_crash`), no nodes yet.
     pub fn new(name: &str, backend: Backend, server_crash: Option<Crash>) -> World {
         let dir = tempfile::tempdir().expect("temp dir");
+        Self::new_in(dir, name, backend, server_crash)
+    }
+
+    /// A world whose first server, on fresh storage, is first started with `crash` armed at
+    /// a start-up point and dies there (before it listens); then the servers start as in
+    /// [`World::new`], on what that start left behind. Also what the crashed start said.
+    pub fn after_start_up_crash(name: &str, backend: Backend, crash: Crash) -> (World, String) {
+        let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("apps.json"), APPS).unwrap();
         let apps = dir.path().join("apps.json").display().to_string();
-        let mut servers = Vec::new();
-        match &backend {
+        let (args, envs) = Self::server_args(dir.path(), name, &backend, apps);
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .envs(crash.envs())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let mut crashed = Watched::spawn(command, format!("serve ({crash:?})"));
+        let said = crashed.crashed_by_itself();
+        (Self::new_in(dir, name, backend, None), said)
+    }
+
+    /// The arguments and environment of `serve` for `backend` in `dir`.
+    fn server_args(
+        dir: &Path,
+        name: &str,
+        backend: &Backend,
+        apps: String,
+    ) -> (Vec<String>, Vec<(String, String)>) {
+        match backend {
             Backend::Sqlite => {
-                let data = dir.path().join("server");
+                let data = dir.join("server");
                 let args = vec![
                     "--data".into(),
                     data.display().to_string(),
@@ -541,15 +570,14 @@ impl World {
                     "--apps".into(),
                     apps,
                 ];
-                servers.push(Server::start(args, vec![], Some(data), server_crash));
+                (args, vec![])
             }
             Backend::Postgres(so) => {
-                let schema = schema_of(name);
                 let args = vec![
                     "--database".into(),
                     so.url.clone(),
                     "--database-schema".into(),
-                    schema,
+                    schema_of(name),
                     "--blobs".into(),
                     format!("s3://{}", so.bucket),
                     "--token".into(),
@@ -557,15 +585,36 @@ impl World {
                     "--apps".into(),
                     apps,
                 ];
+                (args, so.s3_envs())
+            }
+        }
+    }
+
+    fn new_in(
+        dir: tempfile::TempDir,
+        name: &str,
+        backend: Backend,
+        server_crash: Option<Crash>,
+    ) -> World {
+        std::fs::write(dir.path().join("apps.json"), APPS).unwrap();
+        let apps = dir.path().join("apps.json").display().to_string();
+        let (args, envs) = Self::server_args(dir.path(), name, &backend, apps);
+        let mut servers = Vec::new();
+        match &backend {
+            Backend::Sqlite => {
+                let data = dir.path().join("server");
+                servers.push(Server::start(args, envs, Some(data), server_crash));
+            }
+            Backend::Postgres(_) => {
                 // One after the other: the first creates the schema. The second shares the
                 // database and the bucket, and is never killed.
                 servers.push(Server::start(
                     args.clone(),
-                    so.s3_envs(),
+                    envs.clone(),
                     None,
                     server_crash,
                 ));
-                servers.push(Server::start(args, so.s3_envs(), None, None));
+                servers.push(Server::start(args, envs, None, None));
             }
         }
         World {
