@@ -1,6 +1,10 @@
 //! [`ObjectBlobs`]: one object storage behind the blob port, whatever the backend.
 
-use std::{fmt, path::Path as FsPath, sync::Arc};
+use std::{
+    fmt,
+    path::Path as FsPath,
+    sync::{Arc, Mutex},
+};
 
 use async_trait::async_trait;
 use object_store::{
@@ -9,7 +13,8 @@ use object_store::{
 };
 use sha2::Digest;
 use sync_core::{
-    BlobDigest, BlobError, BlobManifest, BlobPack, BlobStamp, BlobStore, PackedBlob, Transferred,
+    BlobDigest, BlobError, BlobManifest, BlobPack, BlobStamp, BlobStore, DigestMemo, PackedBlob,
+    Transferred,
 };
 
 use crate::{
@@ -41,7 +46,14 @@ pub struct ObjectBlobs {
     fast: bool,
     /// Whether [`BlobStore::sync`] syncs a filesystem store (default on).
     durable: bool,
+    /// Digests of blobs written through this store's object storage by someone who hashed
+    /// them as they streamed ([`BlobStore::note_written`]): [`BlobStore::digest`] of such a
+    /// blob, unchanged since, reads nothing.
+    written: Arc<Mutex<DigestMemo>>,
 }
+
+/// Blobs whose digest [`ObjectBlobs`] keeps from their writes.
+const WRITTEN_DIGESTS: usize = 4096;
 
 impl ObjectBlobs {
     /// Wraps any object store (for example the HTTP client of a peer's `/files` routes).
@@ -58,6 +70,7 @@ impl ObjectBlobs {
             packing: None,
             fast: false,
             durable: true,
+            written: Arc::new(Mutex::new(DigestMemo::new(WRITTEN_DIGESTS))),
         }
     }
 
@@ -331,11 +344,22 @@ impl BlobStore for ObjectBlobs {
 
     /// Streams the blob through SHA-256 (a local file in large reads); the stamp is the
     /// one of the read itself, so a blob replaced meanwhile is never remembered under the
-    /// replacement's ETag.
+    /// replacement's ETag. A blob noted when it was written ([`BlobStore::note_written`])
+    /// and unchanged since (one HEAD says so) is not read.
     async fn digest(&self, key: &str) -> Result<BlobDigest, BlobError> {
         use futures::StreamExt;
         use sha2::{Digest, Sha256};
         let path = object_path(key)?;
+        if lock(&self.written).knows(key) {
+            if let Some(stamp) = self.stamp(key).await? {
+                if let Some(hex) = lock(&self.written).sha256(key, &stamp) {
+                    return Ok(BlobDigest::Sha256 {
+                        hex: hex.to_string(),
+                        stamp,
+                    });
+                }
+            }
+        }
         let found = match self
             .store
             .get_opts(&path, object_store::GetOptions::default())
@@ -356,6 +380,15 @@ impl BlobStore for ObjectBlobs {
             stamp,
         })
     }
+
+    fn note_written(&self, key: &str, sha256: &str, stamp: &BlobStamp) {
+        lock(&self.written).remember(key, sha256.to_string(), stamp.clone());
+    }
+}
+
+fn lock(memo: &Mutex<DigestMemo>) -> std::sync::MutexGuard<'_, DigestMemo> {
+    // Plain map updates: a poisoned lock leaves nothing half-done.
+    memo.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ObjectBlobs {
@@ -703,6 +736,59 @@ mod tests {
                 .unwrap();
             assert_ne!(blobs.stamp("k/b").await.unwrap().unwrap(), stamp);
         }
+    }
+
+    #[tokio::test]
+    async fn a_digest_noted_at_write_is_answered_without_reading_while_the_blob_is_unchanged() {
+        use crate::testing::{sha256_hex, CountingStore};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = ObjectBlobs::filesystem(dir.path()).unwrap();
+        let counting = Arc::new(CountingStore::new(Arc::clone(fs.object_store())));
+        let blobs = fs.wrapped(counting.clone());
+        let bytes = vec![3u8; 300 * 1024];
+        let put = blobs
+            .object_store()
+            .put(&Path::from("k/n"), bytes.clone().into())
+            .await
+            .unwrap();
+        let stamp = BlobStamp::new(bytes.len() as u64, put.e_tag);
+        blobs.note_written("k/n", &sha256_hex(&bytes), &stamp);
+        counting.calls().reset();
+        let expected = BlobDigest::Sha256 {
+            hex: sha256_hex(&bytes),
+            stamp: stamp.clone(),
+        };
+        assert_eq!(blobs.digest("k/n").await.unwrap(), expected);
+        assert_eq!(
+            crate::testing::Calls::get(&counting.calls().gets),
+            0,
+            "noted: not read back"
+        );
+        // Replaced behind its back: another stamp, so it is read and hashed again.
+        blobs
+            .object_store()
+            .put(&Path::from("k/n"), b"replaced".to_vec().into())
+            .await
+            .unwrap();
+        counting.calls().reset();
+        match blobs.digest("k/n").await.unwrap() {
+            BlobDigest::Sha256 { hex, .. } => assert_eq!(hex, sha256_hex(b"replaced")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(crate::testing::Calls::get(&counting.calls().gets), 1);
+        // A note without an ETag is not kept: nothing tells a replaced blob from it.
+        blobs.note_written("k/m", &sha256_hex(b"m"), &BlobStamp::new(1, None));
+        blobs
+            .object_store()
+            .put(&Path::from("k/m"), b"x".to_vec().into())
+            .await
+            .unwrap();
+        counting.calls().reset();
+        match blobs.digest("k/m").await.unwrap() {
+            BlobDigest::Sha256 { hex, .. } => assert_eq!(hex, sha256_hex(b"x")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(crate::testing::Calls::get(&counting.calls().gets), 1);
     }
 
     #[test]

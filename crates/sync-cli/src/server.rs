@@ -238,8 +238,9 @@ where
                 .with_store_content_type(blobs.writes_content_type()),
         )
         // A filesystem store syncs before each upload is acknowledged (uploads waiting at the
-        // same time share one sync); S3 has nothing to do (decision 0013).
-        .durable_uploads(blob_check.clone())
+        // same time share one sync; S3 has nothing to do: decision 0013), and learns each
+        // upload's digest, so the responder does not read it back to verify it.
+        .blob_store(blob_check.clone())
         // GET bodies read local files in large reads with a read-ahead.
         .object_bodies(sync_blobs::object_chunks);
     for (token, scope) in &options.tokens {

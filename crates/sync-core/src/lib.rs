@@ -21,7 +21,7 @@ pub use namespace::{row_key, AppNamespace, MissingKey, NamespaceError, TableSpec
 pub use pipeline::Rounds;
 pub use ports::{
     inline_unsupported, AppRowStore, Applied, BlobDigest, BlobPack, BlobStamp, BlobStore,
-    BlobTransfer, ChannelState, ExchangeTransport, PackListing, PackedBlob, PackedMeta,
+    BlobTransfer, ChannelState, DigestMemo, ExchangeTransport, PackListing, PackedBlob, PackedMeta,
     RecordStore, SyncStateStore, TimeSource, Transferred,
 };
 pub use prefix::PrefixLedger;

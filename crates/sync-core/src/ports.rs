@@ -204,6 +204,15 @@ pub trait BlobStore: Send + Sync {
         let _ = key;
         Ok(BlobDigest::Unsupported)
     }
+
+    /// Tells the store that the blob at `key` was just written through its object storage
+    /// (a server's `PUT /files`) with bytes whose SHA-256 is `sha256` (hashed while they
+    /// streamed), and that the write's result has `stamp`. A store may remember it, so that
+    /// [`digest`](Self::digest) answers without reading the blob back while it keeps that
+    /// stamp. The default forgets it.
+    fn note_written(&self, key: &str, sha256: &str, stamp: &BlobStamp) {
+        let _ = (key, sha256, stamp);
+    }
 }
 
 /// What a metadata read tells of a stored blob: enough to notice it was replaced.
@@ -220,6 +229,66 @@ impl BlobStamp {
     /// A stamp of `size` bytes with an optional ETag.
     pub fn new(size: u64, e_tag: Option<String>) -> Self {
         Self { size, e_tag }
+    }
+}
+
+/// A bounded memory of blob digests: per key, the SHA-256 of some bytes and the stamp the
+/// blob had when those bytes were hashed (read back, or written). A blob whose stamp is
+/// unchanged still holds them. Only stamps with an ETag are kept: a size alone does not tell
+/// a replaced blob from the one that was hashed. The oldest entry goes first.
+#[derive(Debug, Default)]
+pub struct DigestMemo {
+    by_key: std::collections::HashMap<String, (String, BlobStamp)>,
+    order: std::collections::VecDeque<String>,
+    capacity: usize,
+}
+
+impl DigestMemo {
+    /// A memory of at most `capacity` blobs (0: remembers nothing).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ..Self::default()
+        }
+    }
+
+    /// The SHA-256 (lower-case hex) of the blob at `key`, if it was remembered with exactly
+    /// `stamp` (which has an ETag).
+    pub fn sha256(&self, key: &str, stamp: &BlobStamp) -> Option<&str> {
+        match self.by_key.get(key) {
+            Some((hex, s)) if stamp.e_tag.is_some() && s == stamp => Some(hex),
+            _ => None,
+        }
+    }
+
+    /// Whether a digest is remembered for `key` at all (with whatever stamp).
+    pub fn knows(&self, key: &str) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    /// Whether the blob at `key` with `stamp` is remembered to hash to `sha256`.
+    pub fn holds(&self, key: &str, sha256: &str, stamp: &BlobStamp) -> bool {
+        self.sha256(key, stamp) == Some(sha256)
+    }
+
+    /// Remembers that the blob at `key`, with `stamp`, hashes to `sha256` (nothing when the
+    /// stamp has no ETag).
+    pub fn remember(&mut self, key: &str, sha256: String, stamp: BlobStamp) {
+        if stamp.e_tag.is_none() || self.capacity == 0 {
+            return;
+        }
+        if self
+            .by_key
+            .insert(key.to_string(), (sha256, stamp))
+            .is_none()
+        {
+            self.order.push_back(key.to_string());
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The responder (SPEC §5): applies what a requester ships and answers with what it lacks.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -17,11 +17,11 @@ const INLINE_IO: usize = 16;
 use crate::{
     local::{channel_violation, union},
     round::lock,
-    BlobDigest, BlobManifest, BlobStamp, BlobStore, ChannelData, CutOrder, Error, ExchangeError,
+    BlobDigest, BlobManifest, BlobStore, ChannelData, CutOrder, DigestMemo, Error, ExchangeError,
     ExchangeTransport, Item, PrefixLedger, SharedClock, TimeSource, Transferred,
 };
 
-fn lock_verified(cache: &Mutex<VerifiedBlobs>) -> std::sync::MutexGuard<'_, VerifiedBlobs> {
+fn lock_verified(cache: &Mutex<DigestMemo>) -> std::sync::MutexGuard<'_, DigestMemo> {
     // Plain map updates: a poisoned lock leaves nothing half-done.
     cache.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -122,52 +122,16 @@ pub struct ResponderParts {
 #[derive(Clone)]
 pub struct Responder {
     parts: ResponderParts,
-    verified: Arc<Mutex<VerifiedBlobs>>,
-}
-
-/// Blobs read and found to match a SHA-256, by key: the hash and the stamp of the bytes
-/// read. Bounded; the oldest entry goes first. Only stamps with an ETag are kept, since a
-/// size alone does not tell a replaced blob from the one that was read.
-#[derive(Default)]
-struct VerifiedBlobs {
-    by_key: HashMap<String, (String, BlobStamp)>,
-    order: VecDeque<String>,
-}
-
-impl VerifiedBlobs {
-    fn holds(&self, key: &str, sha256: &str, stamp: &BlobStamp) -> bool {
-        stamp.e_tag.is_some()
-            && self
-                .by_key
-                .get(key)
-                .is_some_and(|(h, s)| h == sha256 && s == stamp)
-    }
-
-    fn remember(&mut self, key: &str, sha256: String, stamp: BlobStamp, capacity: usize) {
-        if stamp.e_tag.is_none() || capacity == 0 {
-            return;
-        }
-        if self
-            .by_key
-            .insert(key.to_string(), (sha256, stamp))
-            .is_none()
-        {
-            self.order.push_back(key.to_string());
-        }
-        while self.order.len() > capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.by_key.remove(&old);
-            }
-        }
-    }
+    verified: Arc<Mutex<DigestMemo>>,
 }
 
 impl Responder {
     /// A responder over the given parts.
     pub fn new(parts: ResponderParts) -> Self {
+        let memo = DigestMemo::new(parts.config.verified_blob_cache);
         Self {
             parts,
-            verified: Arc::default(),
+            verified: Arc::new(Mutex::new(memo)),
         }
     }
 
@@ -211,12 +175,7 @@ impl Responder {
             BlobDigest::Absent => Err(missing()),
             BlobDigest::Unsupported => Ok(()),
             BlobDigest::Sha256 { hex, stamp } if hex == expected => {
-                lock_verified(&self.verified).remember(
-                    key,
-                    hex,
-                    stamp,
-                    self.parts.config.verified_blob_cache,
-                );
+                lock_verified(&self.verified).remember(key, hex, stamp);
                 Ok(())
             }
             BlobDigest::Sha256 { hex, .. } => Err((

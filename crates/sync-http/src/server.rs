@@ -27,7 +27,8 @@ use object_store::{
     MultipartUpload, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
 };
 use serde_json::json;
-use sync_core::{valid_app_id, BlobStore, Channel, ExchangeError, ExchangeTransport};
+use sha2::{Digest, Sha256};
+use sync_core::{valid_app_id, BlobStamp, BlobStore, Channel, ExchangeError, ExchangeTransport};
 use sync_protocol::{error_code, Codec, ExchangeRequest};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -177,7 +178,7 @@ pub struct SyncServiceBuilder {
     anonymous: Option<Scope>,
     config: ServerConfig,
     clock: WallClock,
-    durable_uploads: Option<Arc<dyn BlobStore>>,
+    blob_store: Option<Arc<dyn BlobStore>>,
     object_body: ObjectBody,
 }
 
@@ -226,14 +227,16 @@ impl SyncServiceBuilder {
         self
     }
 
-    /// Makes every upload durable before acknowledging it, with `store`'s
-    /// [`BlobStore::sync`] (the same storage as the service's object store: a local
-    /// directory, whose uploads are otherwise only in the page cache). Concurrent uploads
-    /// share one sync where the store does (`sync_blobs::ObjectBlobs`: one `syncfs` for all
-    /// callers waiting). Off by default, for stores whose acknowledged writes are durable
-    /// (S3).
-    pub fn durable_uploads(mut self, store: Arc<dyn BlobStore>) -> Self {
-        self.durable_uploads = Some(store);
+    /// The storage behind the service's object store, seen through the blob port (the same
+    /// storage the responders check blobs in). Every upload is made durable with its
+    /// [`BlobStore::sync`] before it is acknowledged (a local directory's uploads are
+    /// otherwise only in the page cache; concurrent uploads share one sync where the store
+    /// does: `sync_blobs::ObjectBlobs` runs one `syncfs` for all callers waiting), and its
+    /// SHA-256, hashed while the body streamed, is passed on with
+    /// [`BlobStore::note_written`], so a responder verifying the blob against an item's
+    /// content hash need not read it back (decision 0030). Off by default.
+    pub fn blob_store(mut self, store: Arc<dyn BlobStore>) -> Self {
+        self.blob_store = Some(store);
         self
     }
 
@@ -308,7 +311,7 @@ impl SyncServiceBuilder {
                     metrics: metrics.clone(),
                 }),
                 blobs: self.blobs,
-                durable_uploads: self.durable_uploads,
+                blob_store: self.blob_store,
                 object_body: self.object_body,
                 auth,
                 config: self.config,
@@ -338,7 +341,7 @@ pub struct SyncService {
 struct Inner {
     provider: Arc<dyn ResponderProvider>,
     blobs: Arc<dyn ObjectStore>,
-    durable_uploads: Option<Arc<dyn BlobStore>>,
+    blob_store: Option<Arc<dyn BlobStore>>,
     object_body: ObjectBody,
     auth: Authenticator,
     config: ServerConfig,
@@ -371,7 +374,7 @@ impl SyncService {
             anonymous: None,
             config: ServerConfig::default(),
             clock: system_clock(),
-            durable_uploads: None,
+            blob_store: None,
             object_body: GetResult::into_stream,
         }
     }
@@ -1117,6 +1120,8 @@ impl Inner {
         let mut buffered: Vec<Bytes> = Vec::new();
         let mut buffered_len = 0usize;
         let mut total = 0u64;
+        // Hashed as it streams, for the blob store (see `blob_store`).
+        let mut sha256 = self.blob_store.as_ref().map(|_| Sha256::new());
         let mut upload: Option<Box<dyn MultipartUpload>> = None;
         let mut trailer_sig: Option<String> = None;
 
@@ -1146,6 +1151,9 @@ impl Inner {
                 }
                 if let Some(p) = &mut pending {
                     p.update(&data);
+                }
+                if let Some(h) = &mut sha256 {
+                    h.update(&data);
                 }
                 buffered_len += data.len();
                 buffered.push(data);
@@ -1214,9 +1222,15 @@ impl Inner {
         };
         // Durable before acknowledged: the requester ships the metadata that names the blob
         // once this answer says it is stored.
-        let stored = match (stored, &self.durable_uploads) {
+        let stored = match (stored, &self.blob_store) {
             (Ok(result), Some(store)) => match store.sync().await {
-                Ok(()) => Ok(result),
+                Ok(()) => {
+                    if let Some(h) = sha256 {
+                        let stamp = BlobStamp::new(total, result.e_tag.clone());
+                        store.note_written(key.as_ref(), &hex::encode(h.finalize()), &stamp);
+                    }
+                    Ok(result)
+                }
                 Err(e) => return unavailable(format!("the upload could not be made durable: {e}")),
             },
             (stored, _) => stored,

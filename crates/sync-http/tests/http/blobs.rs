@@ -358,3 +358,86 @@ async fn transport_failures_and_status_codes_are_recognizable_without_this_crate
         .unwrap_err();
     assert!(e.to_string().contains("status code: 403 Forbidden"), "{e}");
 }
+
+/// The blob store behind the routes (`SyncServiceBuilder::blob_store`): what it was told.
+#[derive(Default)]
+struct Noting {
+    syncs: std::sync::atomic::AtomicUsize,
+    notes: std::sync::Mutex<Vec<(String, String, sync_core::BlobStamp)>>,
+}
+
+#[async_trait::async_trait]
+impl sync_core::BlobStore for Noting {
+    async fn contains(&self, _key: &str) -> Result<bool, sync_core::BlobError> {
+        Ok(false)
+    }
+
+    async fn sync(&self) -> Result<(), sync_core::BlobError> {
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn note_written(&self, key: &str, sha256: &str, stamp: &sync_core::BlobStamp) {
+        self.notes
+            .lock()
+            .unwrap()
+            .push((key.into(), sha256.into(), stamp.clone()));
+    }
+}
+
+/// Every upload is synced before it is acknowledged, and the blob store is told its SHA-256
+/// (hashed as it streamed) with the stamp a HEAD of the stored object gives, so a responder
+/// need not read it back to verify it: a single put and a multipart upload alike. A refused
+/// upload (over the cap) tells nothing.
+#[tokio::test]
+async fn uploads_are_synced_and_their_digests_noted_with_their_stamps() {
+    let cloud = Cloud::new(shared_time()).await;
+    let noting = Arc::new(Noting::default());
+    let service = builder(&cloud)
+        .config(
+            ServerConfig::default()
+                .with_blob_part_size(1 << 20)
+                .with_blob_body_limit(8 << 20),
+        )
+        .blob_store(noting.clone())
+        .build()
+        .unwrap();
+    let s = TestServer::start(service).await;
+    let store = s
+        .client(Auth::bearer(TOKEN_DRIVE))
+        .object_store(Channel::Drive);
+    for (key, len) in [("shared/n/small", 300), ("shared/n/parts", 3 << 20)] {
+        let data = pattern(len);
+        store
+            .put(&Path::from(key), data.clone().into())
+            .await
+            .unwrap();
+        let head = cloud.blobs.head(&Path::from(key)).await.unwrap();
+        let notes = noting.notes.lock().unwrap().clone();
+        let (noted_key, sha, stamp) = notes.last().expect("a note").clone();
+        assert_eq!(noted_key, key);
+        assert_eq!(sha, hex::encode(Sha256::digest(&data)));
+        assert_eq!(
+            stamp,
+            sync_core::BlobStamp::new(head.size, head.e_tag.clone())
+        );
+        assert!(stamp.e_tag.is_some());
+    }
+    assert_eq!(noting.notes.lock().unwrap().len(), 2);
+    assert_eq!(
+        noting.syncs.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one sync per upload"
+    );
+    let refused = raw(
+        &s.base,
+        Method::PUT,
+        "/files/shared/n/huge",
+        &[("authorization", &format!("Bearer {TOKEN_DRIVE}"))],
+        pattern(9 << 20),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(noting.notes.lock().unwrap().len(), 2, "nothing noted");
+    s.stop().await;
+}
