@@ -109,6 +109,12 @@ impl LocalDir {
     pub(crate) async fn sync(&self) -> Result<(), BlobError> {
         self.durability.sync().await
     }
+
+    /// Filesystem syncs actually run so far.
+    #[cfg(test)]
+    pub(crate) fn syncs_performed(&self) -> u64 {
+        self.durability.performed.load(Ordering::Relaxed)
+    }
 }
 
 fn join_failed(key: &str, e: &tokio::task::JoinError) -> BlobError {

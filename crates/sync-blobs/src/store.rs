@@ -791,6 +791,33 @@ mod tests {
         assert_eq!(crate::testing::Calls::get(&counting.calls().gets), 1);
     }
 
+    #[tokio::test]
+    async fn a_page_that_only_went_to_the_pack_runs_no_filesystem_sync() {
+        use crate::testing::manifest;
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = ObjectBlobs::filesystem(dir.path())
+            .unwrap()
+            .with_pack(Arc::new(crate::MemoryPack::new()), 1024);
+        let syncs = || blobs.local.as_ref().unwrap().syncs_performed();
+        let page: Vec<(BlobManifest, Vec<u8>)> = (0..10u8)
+            .map(|i| (manifest(&format!("shared/p/{i}"), &[i; 64]), vec![i; 64]))
+            .collect();
+        for r in blobs.write_inline_batch(page).await {
+            assert!(matches!(r, Ok(Transferred::Copied { .. })), "{r:?}");
+        }
+        blobs.sync().await.unwrap();
+        assert_eq!(syncs(), 0, "nothing was written under the directory");
+        // A blob above the pack's limit is a file: the next sync runs.
+        let large = vec![9u8; 2048];
+        blobs
+            .write_inline_batch(vec![(manifest("shared/p/large", &large), large)])
+            .await
+            .into_iter()
+            .for_each(|r| assert!(r.is_ok(), "{r:?}"));
+        blobs.sync().await.unwrap();
+        assert_eq!(syncs(), 1);
+    }
+
     #[test]
     fn filesystem_creates_its_directory() {
         let dir = tempfile::tempdir().unwrap();

@@ -163,22 +163,6 @@ async fn a_batch_packs_small_blobs_and_files_large_ones_each_verified() {
 }
 
 #[tokio::test]
-async fn only_file_writes_make_a_sync_do_anything() {
-    // Observable only through timing on a real disk; here through the pack and files: a
-    // sync with nothing written succeeds, and blobs written either way are readable after.
-    let rig = rig();
-    rig.blobs.sync().await.unwrap();
-    let small = bytes(10, 9);
-    rig.blobs
-        .write_inline_batch(vec![(manifest("shared/a/1", &small), small.clone())])
-        .await
-        .into_iter()
-        .for_each(|r| assert!(r.is_ok(), "{r:?}"));
-    rig.blobs.sync().await.unwrap();
-    assert_eq!(rig.packed("shared/a/1").await, Some(small));
-}
-
-#[tokio::test]
 async fn the_store_routes_writes_by_size_and_a_file_replaces_a_packed_blob() {
     let rig = rig();
     let store = rig.store();

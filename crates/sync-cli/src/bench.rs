@@ -43,8 +43,8 @@ use child::{NodeJob, NodeReport, ServerReport, READY};
 use data::{RawInserts, RawRows, Versions, ORIGIN};
 use report::{
     percentile, BackendStorage, Machine, Results, Run, Scenario, Stat, StorageReport, Verdict,
-    BATCHED_CEILING_PER_S, BATCHED_RATIO, CEILING_PER_S, MB_PER_S, NODE_RSS, P50_MS, P99_MS,
-    PULL_MB_PER_S, PUSH_MB_PER_S, RATIO, RECORDS_PER_S, ROUNDS, SERVER_RSS, WIRE_BYTES,
+    BATCHED_CEILING_PER_S, BATCHED_RATIO, CEILING_PER_S, DISK_MB_PER_S, MB_PER_S, NODE_RSS, P50_MS,
+    P99_MS, PULL_MB_PER_S, PUSH_MB_PER_S, RATIO, RECORDS_PER_S, ROUNDS, SERVER_RSS, WIRE_BYTES,
 };
 
 use crate::{
@@ -848,6 +848,11 @@ impl Bench {
             .join("home");
         let mut runs = Vec::new();
         for i in 0..self.runs {
+            // What the disk allows right now: the same bytes written and fsynced once.
+            let scratch = self.work.join("runs");
+            let disk =
+                tokio::task::spawn_blocking(move || data::synced_write_ceiling(&scratch, size))
+                    .await??;
             let data_dir = self.run_dir(&format!("large-blob-{i}-server"))?;
             let store = SqliteStore::open(pusher.join("node.db")).await?;
             data::set_state(&store, &Channel::Drive, ChannelState::default()).await?;
@@ -880,6 +885,7 @@ impl Bench {
             run.insert(MB_PER_S, mb / (push.elapsed_s + pull.elapsed_s));
             run.insert(PUSH_MB_PER_S, mb / push.elapsed_s);
             run.insert(PULL_MB_PER_S, mb / pull.elapsed_s);
+            run.insert(DISK_MB_PER_S, disk);
             run.insert(ROUNDS, (push.rounds + pull.rounds) as f64);
             run.insert(NODE_RSS, mib(push.peak_rss_kib.max(pull.peak_rss_kib)));
             run.insert(SERVER_RSS, mib(wire.peak_rss_kib));

@@ -305,6 +305,32 @@ pub fn write_large_blob(root: &Path, size: u64) -> Result<(String, String)> {
     Ok((key, hash))
 }
 
+/// The disk's ceiling for scenario 5: `size` bytes written to a new file under `dir` in
+/// 8 MiB writes and fsynced, as each leg must leave its copy durable; MB/s (10^6 bytes). The
+/// file is removed again.
+pub fn synced_write_ceiling(dir: &Path, size: u64) -> Result<f64> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("disk-ceiling.tmp");
+    let chunk: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let started = Instant::now();
+    let mut file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(size as f64 / 1e6 / elapsed)
+}
+
 /// A blank SQLite database with the stores' connection settings (WAL, `synchronous =
 /// NORMAL`, a statement cache).
 async fn raw_connection(path: &Path) -> Result<SqliteConnection> {

@@ -20,7 +20,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     process::Stdio,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{bail, ensure, Context, Result};
@@ -382,13 +382,6 @@ struct Done {
     peak_rss_kib: u64,
 }
 
-/// Rounds one channel may take in a phase before the node gives up.
-const MAX_ROUNDS: usize = 100_000;
-/// Consecutive failed rounds before the node gives up.
-const MAX_CONSECUTIVE_ERRORS: usize = 8;
-/// Consecutive rounds without progress (only failing items left) before it gives up.
-const MAX_STALLED_ROUNDS: usize = 20;
-
 /// `bench-child` for a load node.
 pub async fn node(spec: LoadNodeSpec) -> Result<u8> {
     Node::init(
@@ -506,65 +499,74 @@ async fn write(spec: &LoadNodeSpec, node: &Node, drive: &Engine, app: &Engine) -
     Ok(())
 }
 
-/// Rounds on each channel in turn until neither side has more. Failed rounds and items are
-/// counted, not hidden: a failed round is retried after a short backoff (the run then
-/// fails on the count), and the node gives up after [`MAX_CONSECUTIVE_ERRORS`] in a row.
+/// Each channel in turn synced until idle, as `starkeep-sync sync --until-idle` does
+/// (pipelined pulls and pushes; the engine retries a failed round with backoff). Every round
+/// is counted as it ends (its time from the end of the one before), and so is every failed
+/// round the engine retried, from its counters: failures are counted, not hidden.
 async fn sync_phase(node_id: &str, engines: &[&Engine]) -> Result<PhaseReport> {
     let mut report = PhaseReport::default();
     let started = Instant::now();
     for engine in engines {
         let channel = engine.channel().clone();
-        let (mut rounds, mut errors_in_a_row, mut stalled) = (0, 0, 0);
-        loop {
-            rounds += 1;
-            ensure!(
-                rounds <= MAX_ROUNDS,
-                "{node_id} {channel}: no idle after {MAX_ROUNDS} rounds"
+        let failed_before = failed_rounds(engine, &channel);
+        let mut last = Instant::now();
+        let result = engine
+            .sync_until_idle_with(|r| {
+                report.round_ms.push(last.elapsed().as_secs_f64() * 1e3);
+                last = Instant::now();
+                report.rounds += 1;
+                report.applied += r.applied;
+                report.shipped += r.shipped;
+                report.became_resident += r.became_resident;
+                report.failed_items += r.failures.len();
+                report.halted += r.halted_by_peer.len();
+                for f in r.failures.iter().take(3) {
+                    note(&mut report, format!("{channel}: {}: {}", f.at, f.problem));
+                }
+                if let Some(why) = &r.outbound_blocked {
+                    note(&mut report, format!("{channel}: outbound blocked: {why}"));
+                }
+            })
+            .await;
+        let failed = failed_rounds(engine, &channel) - failed_before;
+        report.exchange_errors += failed as usize;
+        if failed > 0 {
+            let last_error = engine
+                .metrics()
+                .snapshot()
+                .channels
+                .get(&channel.to_string())
+                .and_then(|c| c.last_error.clone())
+                .unwrap_or_default();
+            note(
+                &mut report,
+                format!("{channel}: {failed} failed round(s), the last: {last_error}"),
             );
-            let t = Instant::now();
-            match engine.exchange().await {
-                Ok(r) => {
-                    errors_in_a_row = 0;
-                    report.round_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                    report.rounds += 1;
-                    report.applied += r.applied;
-                    report.shipped += r.shipped;
-                    report.became_resident += r.became_resident;
-                    report.failed_items += r.failures.len();
-                    report.halted += r.halted_by_peer.len();
-                    for f in r.failures.iter().take(3) {
-                        note(&mut report, format!("{channel}: {}: {}", f.at, f.problem));
-                    }
-                    if let Some(why) = &r.outbound_blocked {
-                        note(&mut report, format!("{channel}: outbound blocked: {why}"));
-                    }
-                    if !r.has_more {
-                        break;
-                    }
-                    stalled = if r.stalled() { stalled + 1 } else { 0 };
-                    ensure!(
-                        stalled < MAX_STALLED_ROUNDS,
-                        "{node_id} {channel}: stalled for {stalled} rounds: {r:?}"
-                    );
-                }
-                Err(e) => {
-                    report.exchange_errors += 1;
-                    errors_in_a_row += 1;
-                    note(&mut report, format!("{channel}: {e:#}"));
-                    eprintln!("bench: load node {node_id} {channel}: round failed: {e:#}");
-                    ensure!(
-                        errors_in_a_row < MAX_CONSECUTIVE_ERRORS,
-                        "{node_id} {channel}: {errors_in_a_row} failed rounds in a row, the \
-                         last: {e:#}"
-                    );
-                    // Back off before retrying, as `sync_until_idle` would.
-                    tokio::time::sleep(Duration::from_millis(50 << errors_in_a_row)).await;
-                }
-            }
+            eprintln!(
+                "bench: load node {node_id} {channel}: {failed} failed round(s): {last_error}"
+            );
         }
+        let summary = result.with_context(|| format!("{node_id} {channel}: sync failed"))?;
+        ensure!(
+            summary.complete,
+            "{node_id} {channel}: not idle after {} rounds (stalled: {}): {:?}",
+            summary.rounds,
+            summary.stalled,
+            summary.last
+        );
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Rounds of `channel` that failed on this engine so far (its counters).
+fn failed_rounds(engine: &Engine, channel: &Channel) -> u64 {
+    engine
+        .metrics()
+        .snapshot()
+        .channels
+        .get(&channel.to_string())
+        .map_or(0, |c| c.rounds_failed)
 }
 
 fn note(report: &mut PhaseReport, error: String) {
