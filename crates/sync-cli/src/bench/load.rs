@@ -508,7 +508,7 @@ async fn sync_phase(node_id: &str, engines: &[&Engine]) -> Result<PhaseReport> {
     let started = Instant::now();
     for engine in engines {
         let channel = engine.channel().clone();
-        let failed_before = failed_rounds(engine, &channel);
+        let (failed_before, _) = failures(engine, &channel);
         let mut last = Instant::now();
         let result = engine
             .sync_until_idle_with(|r| {
@@ -528,16 +528,11 @@ async fn sync_phase(node_id: &str, engines: &[&Engine]) -> Result<PhaseReport> {
                 }
             })
             .await;
-        let failed = failed_rounds(engine, &channel) - failed_before;
+        let (failed_after, last_error) = failures(engine, &channel);
+        let failed = failed_after - failed_before;
         report.exchange_errors += failed as usize;
         if failed > 0 {
-            let last_error = engine
-                .metrics()
-                .snapshot()
-                .channels
-                .get(&channel.to_string())
-                .and_then(|c| c.last_error.clone())
-                .unwrap_or_default();
+            let last_error = last_error.unwrap_or_default();
             note(
                 &mut report,
                 format!("{channel}: {failed} failed round(s), the last: {last_error}"),
@@ -559,14 +554,15 @@ async fn sync_phase(node_id: &str, engines: &[&Engine]) -> Result<PhaseReport> {
     Ok(report)
 }
 
-/// Rounds of `channel` that failed on this engine so far (its counters).
-fn failed_rounds(engine: &Engine, channel: &Channel) -> u64 {
+/// Rounds of `channel` that failed on this engine so far, and the last failure's message
+/// (its counters).
+fn failures(engine: &Engine, channel: &Channel) -> (u64, Option<String>) {
     engine
         .metrics()
         .snapshot()
         .channels
         .get(&channel.to_string())
-        .map_or(0, |c| c.rounds_failed)
+        .map_or((0, None), |c| (c.rounds_failed, c.last_error.clone()))
 }
 
 fn note(report: &mut PhaseReport, error: String) {
